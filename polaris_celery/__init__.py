@@ -1,0 +1,85 @@
+"""polaris-celery: data-driven workflows on Celery and Redis.
+
+Declare data (pydantic models) and builders that consume and produce them; a workflow compiles
+into a dependency graph at registration; each delta of new data runs whatever it makes runnable.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .builder import Builder, BuilderSpec, builder, datum_name
+from .context import BuilderContext
+from .errors import (
+    BuilderFailed,
+    ConfigurationError,
+    DeclarationError,
+    GraphError,
+    InvalidInput,
+    MessageRejected,
+    PolarisError,
+    StoreUnavailable,
+    UndeclaredData,
+    UnknownData,
+    UnknownWorkflow,
+    WaitTimeout,
+)
+from .executors.local import Executor
+from .graph import Graph, compile_workflow
+from .registry import Registry
+from .result import RunResult
+from .stores.memory import MemoryStore
+from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .executors.celery import CeleryExecutor, RunHandle
+    from .stores.redis import RedisStore
+
+__all__ = [
+    # declaring
+    "Builder",
+    "BuilderContext",
+    "BuilderSpec",
+    "Workflow",
+    "builder",
+    "datum_name",
+    # compiling and running
+    "CeleryExecutor",
+    "Executor",
+    "Graph",
+    "Registry",
+    "RunHandle",
+    "RunResult",
+    "compile_workflow",
+    # stores
+    "MemoryStore",
+    "RedisStore",
+    # errors
+    "BuilderFailed",
+    "ConfigurationError",
+    "DeclarationError",
+    "GraphError",
+    "InvalidInput",
+    "MessageRejected",
+    "PolarisError",
+    "StoreUnavailable",
+    "UndeclaredData",
+    "UnknownData",
+    "UnknownWorkflow",
+    "WaitTimeout",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Load the Redis and Celery adapters only when asked for."""
+    if name == "RedisStore":
+        from .stores.redis import RedisStore
+
+        return RedisStore
+    if name in ("CeleryExecutor", "RunHandle"):
+        from .executors import celery as _celery
+
+        return getattr(_celery, name)
+    raise AttributeError(f"module 'polaris_celery' has no attribute {name!r}")

@@ -1,0 +1,243 @@
+"""The Celery adapter: one task per builder, sending, the worker-side reconciler. The only module
+that imports celery; the decisions all live in `coordinator`.
+
+Task messages carry ids only (instance, run, attempt; the workflow and builder are the task's
+name), as JSON keyword arguments, so Flower shows `polaris.cab-ride.MatchCabbie(instance=...,
+run=3, attempt=1)` and never a payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, bootsteps
+from pydantic import BaseModel
+
+from ..coordinator import Coordinator, Dispatch, Settings
+from ..errors import ConfigurationError, MessageRejected, PolarisError
+from ..invoke import AfterHook, BeforeHook
+from ..registry import Registry
+from ..result import RunResult
+
+log = logging.getLogger("polaris_celery")
+
+TASK_PREFIX = "polaris"
+RECONCILE_TASK = "polaris.reconcile"
+
+#: The Celery settings the library sets, and why (the README's configuration table lists them).
+SAFE_SETTINGS: dict[str, Any] = {
+    # A prefork child killed mid-builder must not ack its message: redeliver it instead.
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    # One message at a time per process, so a slow builder does not hold others hostage.
+    "worker_prefetch_multiplier": 1,
+    # A lost broker connection cannot ack running late-ack tasks; Celery redelivers them, so
+    # cancel the running copies rather than run them twice.
+    "worker_cancel_long_running_tasks_on_connection_loss": True,
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "broker_connection_retry_on_startup": True,
+    # Builders report through Redis, never through a result backend.
+    "task_ignore_result": True,
+}
+
+
+def task_name(workflow: str, builder: str) -> str:
+    return f"{TASK_PREFIX}.{workflow}.{builder}"
+
+
+def check_and_configure(app: Celery, max_time_limit: float) -> None:
+    """Refuse an app that accepts pickle; set the settings that make delivery at-least-once."""
+    conf = app.conf
+    for setting in ("accept_content", "task_accept_content", "result_accept_content"):
+        value = conf.get(setting) or []
+        if any("pickle" in str(v) for v in value):
+            raise ConfigurationError(
+                f"the Celery app accepts pickle ({setting}={list(value)!r}); polaris-celery "
+                "messages are JSON and an app that unpickles messages can be made to run code"
+            )
+    for setting in ("task_serializer", "result_serializer", "event_serializer"):
+        if "pickle" in str(conf.get(setting) or ""):
+            raise ConfigurationError(f"the Celery app uses {setting}={conf.get(setting)!r}; "
+                                     "polaris-celery requires JSON")
+    conf.update(SAFE_SETTINGS)
+    options = dict(conf.broker_transport_options or {})
+    visibility = float(options.get("visibility_timeout", 3600))
+    if visibility <= max_time_limit * 2:
+        raise ConfigurationError(
+            f"broker visibility_timeout ({visibility}s) must exceed twice the longest builder "
+            f"time_limit ({max_time_limit}s), or running builders are delivered twice"
+        )
+    options.setdefault("visibility_timeout", visibility)
+    conf.broker_transport_options = options
+
+
+class RunHandle:
+    """A submitted run. `wait()` blocks on Redis (no polling, no result backend)."""
+
+    def __init__(self, coordinator: Coordinator, workflow: str, instance_id: str, run: int):
+        self._coordinator = coordinator
+        self.workflow = workflow
+        self.instance_id = instance_id
+        self.run = run
+
+    def wait(self, timeout: float = 30.0) -> RunResult:
+        """The run's result once it settled; raises BuilderFailed or WaitTimeout."""
+        return self._coordinator.result(self.workflow, self.instance_id, self.run, timeout)
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.workflow}/{self.instance_id}, run={self.run})"
+
+
+class CeleryExecutor:
+    """Runs workflows on Celery workers, coordinated through the registry's RedisStore.
+
+    Create it where the app is defined, after registering workflows, so producers and workers
+    (which import the same module) know the same tasks. Options are `Settings` fields.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        registry: Registry,
+        *,
+        before: BeforeHook | None = None,
+        after: AfterHook | None = None,
+        reconciler: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.settings = Settings(**settings)
+        self.coordinator = Coordinator(registry, self._send, self.settings,
+                                       before=before, after=after)
+        self._tasks: dict[str, Any] = {}
+        graphs = [registry.graph(k) for k in registry.keys()]
+        longest = max((s.time_limit for g in graphs for s in g.specs.values()), default=0.0)
+        check_and_configure(app, longest)
+        for g in graphs:
+            self._register_tasks(g.key)
+        self._register_reconcile_task()
+        if reconciler:
+            app.steps["worker"].add(_reconciler_step(self))
+
+    # -- producers ----------------------------------------------------------------------------
+
+    def submit_delta(
+        self, workflow: str, instance_id: str, *data: BaseModel, delta_id: str | None = None
+    ) -> RunHandle:
+        """Store `data` as a new delta of the instance and dispatch what it makes runnable."""
+        self._ensure_tasks(workflow)
+        run = self.coordinator.submit(workflow, instance_id, data, delta_id)
+        return RunHandle(self.coordinator, workflow, instance_id, run)
+
+    def reconcile(self) -> dict[str, int]:
+        """One reconciler pass (workers run this every `reconcile_interval` by themselves)."""
+        return self.coordinator.reconcile()
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def _ensure_tasks(self, workflow: str) -> None:
+        if workflow not in self._tasks:
+            self.registry.graph(workflow)  # raises UnknownWorkflow
+            self._register_tasks(workflow)
+
+    def _register_tasks(self, workflow: str) -> None:
+        graph = self.registry.graph(workflow)
+        for name, spec in graph.specs.items():
+            tname = task_name(workflow, name)
+            self._tasks[tname] = self.app.task(
+                _make_body(self.coordinator, workflow, name),
+                name=tname,
+                bind=True,
+                acks_late=True,
+                reject_on_worker_lost=True,
+                ignore_result=True,
+                typing=False,
+                time_limit=spec.time_limit + self.settings.lease_grace / 2,
+                soft_time_limit=spec.time_limit,
+                queue=spec.queue,
+            )
+        self._tasks[workflow] = True
+
+    def _register_reconcile_task(self) -> None:
+        coordinator = self.coordinator
+
+        def reconcile() -> dict[str, int]:
+            return coordinator.reconcile()
+
+        self.app.task(reconcile, name=RECONCILE_TASK, ignore_result=True)
+
+    def _send(self, dispatches: Sequence[Dispatch]) -> None:
+        for d in dispatches:
+            spec = self.registry.graph(d.workflow).specs[d.builder]
+            self.app.send_task(
+                task_name(d.workflow, d.builder),
+                kwargs={"instance": d.instance_id, "run": d.run, "attempt": d.token},
+                queue=spec.queue,
+                countdown=d.countdown or None,
+            )
+
+
+def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
+    def body(task: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            if args:
+                raise MessageRejected(f"positional arguments {args!r:.100}")
+            instance = kwargs.pop("instance")
+            run = kwargs.pop("run")
+            attempt = kwargs.pop("attempt")
+            if kwargs:
+                raise MessageRejected(f"unexpected arguments {sorted(kwargs)}")
+            if not isinstance(instance, str) or not isinstance(run, int) or \
+                    not isinstance(attempt, int) or isinstance(run, bool):
+                raise MessageRejected("instance must be a string, run and attempt integers")
+        except (KeyError, MessageRejected) as exc:
+            log.error("polaris: rejected a message for %s.%s: %s", workflow, builder, exc)
+            raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
+        queue = coordinator.registry.graph(workflow).specs[builder].queue
+        try:
+            coordinator.execute(workflow, instance, run, builder, attempt, queue=queue)
+        except PolarisError:
+            log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
+            raise
+
+    # Celery compiles a signature checker from __name__, so it must be an identifier.
+    body.__name__ = body.__qualname__ = "run_" + "".join(
+        c if c.isalnum() else "_" for c in f"{workflow}_{builder}")
+    return body
+
+
+def _reconciler_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep running the reconciler on a thread, so recovery needs no extra
+    process: every worker does it, and many at once are safe."""
+
+    class PolarisReconciler(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = {"celery.worker.components:Pool"}
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
+
+        def start(self, worker: Any) -> None:
+            self._thread = threading.Thread(target=self._loop, name="polaris-reconciler",
+                                            daemon=True)
+            self._thread.start()
+
+        def _loop(self) -> None:
+            interval = executor.settings.reconcile_interval
+            while not self._stop.wait(interval):
+                try:
+                    executor.reconcile()
+                except Exception:
+                    log.exception("polaris: reconciler pass failed; retrying next period")
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+
+    return PolarisReconciler

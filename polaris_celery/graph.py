@@ -1,0 +1,210 @@
+"""Compile a workflow into a frozen graph: everything the executors need, computed once.
+
+Run-time questions ("who consumes this datum?", "is this builder upstream of that one?") must
+cost in proportion to the builders a delta touches, never to the size of the graph, so the
+compiler precomputes:
+
+- `consumers`: datum name -> builders it can trigger (consumes and optionals).
+- `rank`: a topological index over the graph with cycle-closing edges removed.
+- `ancestors`: per builder, a bitmask (a Python int indexed by rank) of the builders upstream
+  of it through consumes and optionals; testing "is any pending builder upstream of me?" is one
+  AND of two ints.
+
+Validation collects every problem and raises one GraphError listing them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .builder import Builder, BuilderSpec, DataType, datum_name
+from .errors import GraphError
+from .workflow import Workflow
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """The compiled, immutable dependency graph of one registered workflow."""
+
+    key: str
+    workflow: type[Workflow]
+    target: str
+    specs: Mapping[str, BuilderSpec]
+    types: Mapping[str, DataType]
+    consumers: Mapping[str, tuple[str, ...]]
+    producer: Mapping[str, str]
+    rank: Mapping[str, int]
+    ancestors: Mapping[str, int]
+    inputs: frozenset[str]
+    transients: frozenset[str]
+    bits: Mapping[str, int] = field(repr=False, default_factory=dict)
+
+    def spec(self, builder: str) -> BuilderSpec:
+        return self.specs[builder]
+
+    def what_consumes(self, datum: str) -> tuple[str, ...]:
+        return self.consumers.get(datum, ())
+
+    def is_upstream(self, maybe_ancestor: str, of: str) -> bool:
+        return bool(self.ancestors[of] & self.bits[maybe_ancestor])
+
+    @property
+    def builder_names(self) -> list[str]:
+        return sorted(self.specs, key=self.rank.__getitem__)
+
+
+def compile_workflow(key: str, workflow: type[Workflow]) -> Graph:
+    """Validate `workflow` and compile it; raises GraphError listing every problem."""
+    problems: list[str] = []
+    builders: list[type[Builder]] = list(getattr(workflow, "builders", ()) or ())
+    specs: dict[str, BuilderSpec] = {}
+    for b in builders:
+        spec = getattr(b, "spec", None)
+        if not isinstance(b, type) or not issubclass(b, Builder) or spec is None:
+            problems.append(f"{b!r} is not a Builder subclass")
+            continue
+        if spec.name in specs:
+            problems.append(f"two builders are named {spec.name!r}")
+            continue
+        specs[spec.name] = spec
+    if not specs and not problems:
+        problems.append("declares no builders")
+
+    types: dict[str, DataType] = {}
+
+    def know(t: DataType, where: str) -> None:
+        prev = types.setdefault(datum_name(t), t)
+        if prev is not t:
+            problems.append(
+                f"two different data types are named {datum_name(t)!r} ({where}: "
+                f"{t.__module__}.{t.__qualname__} vs {prev.__module__}.{prev.__qualname__})"
+            )
+
+    for s in specs.values():
+        for t in (*s.consumes, *s.optionals, *s.accesses, s.produces):
+            know(t, f"builder {s.name}")
+
+    target_t = getattr(workflow, "target", None)
+    if target_t is None:
+        problems.append("has no target")
+    elif datum_name(target_t) not in types:
+        problems.append(f"target {datum_name(target_t)} is neither produced nor consumed")
+    elif types[datum_name(target_t)] is not target_t:
+        know(target_t, "target")
+
+    transients = frozenset(datum_name(t) for t in getattr(workflow, "transients", ()) or ())
+    for t in transients - set(types):
+        problems.append(f"transient {t} is not used by any builder")
+
+    # Producers and their resolution.
+    producers: dict[str, list[str]] = {}
+    for s in specs.values():
+        producers.setdefault(s.produces_name, []).append(s.name)
+        for t in (*s.consumes, *s.optionals):
+            if t is s.produces:
+                problems.append(f"builder {s.name} consumes its own output {datum_name(t)}")
+    resolution = dict(getattr(workflow, "resolution", {}) or {})
+    chosen: dict[str, str] = {}
+    for t, b in resolution.items():
+        bspec = getattr(b, "spec", None)
+        if bspec is None or bspec.name not in specs:
+            problems.append(f"resolution names {b!r}, which is not one of the workflow's builders")
+        elif bspec.produces is not t:
+            problems.append(f"resolution names {bspec.name} for {datum_name(t)}, "
+                            f"but it produces {bspec.produces_name}")
+        else:
+            chosen[datum_name(t)] = bspec.name
+    producer: dict[str, str] = {}
+    active: dict[str, BuilderSpec] = {}
+    for d, names in producers.items():
+        if d in chosen:
+            producer[d] = chosen[d]
+        elif len(names) > 1:
+            problems.append(
+                f"data {d} is produced by {', '.join(sorted(names))}; name one in resolution"
+            )
+            continue
+        else:
+            producer[d] = names[0]
+    # Builders not chosen by a resolution are dropped from the graph (the Java framework's rule).
+    for name, s in specs.items():
+        if producer.get(s.produces_name) == name:
+            active[name] = s
+
+    if problems:
+        raise GraphError(key, problems)
+
+    consumers: dict[str, list[str]] = {}
+    for s in active.values():
+        for d in s.trigger_names:
+            consumers.setdefault(d, []).append(s.name)
+
+    order = _rank(active, producer, builders)
+    rank = {b: i for i, b in enumerate(order)}
+    bits = {b: 1 << i for b, i in rank.items()}
+    ancestors: dict[str, int] = {}
+    for b in order:
+        mask = 0
+        for d in active[b].trigger_names:
+            p = producer.get(d)
+            if p is not None and p != b and rank[p] < rank[b]:
+                mask |= ancestors[p] | bits[p]
+        ancestors[b] = mask
+    inputs = frozenset(d for d in types if d not in producer)
+    assert target_t is not None
+    return Graph(
+        key=key,
+        workflow=workflow,
+        target=datum_name(target_t),
+        specs=active,
+        types=types,
+        consumers={d: tuple(sorted(v, key=rank.__getitem__)) for d, v in consumers.items()},
+        producer=producer,
+        rank=rank,
+        ancestors=ancestors,
+        inputs=inputs,
+        transients=transients,
+        bits=bits,
+    )
+
+
+def _rank(
+    specs: Mapping[str, BuilderSpec], producer: Mapping[str, str], declared: list[type[Builder]]
+) -> list[str]:
+    """Topological order of builders; an edge into a builder already on the DFS path closes a
+    cycle and is ignored. DFS starts from builders fed only by inputs, in declaration order, so
+    the edge chosen to break a cycle is the one that points back towards where data enters."""
+    parents: dict[str, list[str]] = {}
+    for name, s in specs.items():
+        ps = [producer[d] for d in s.trigger_names if d in producer and producer[d] != name]
+        parents[name] = sorted(set(ps), key=list(specs).index)
+    children: dict[str, list[str]] = {n: [] for n in specs}
+    for n, ps in parents.items():
+        for p in ps:
+            children[p].append(n)
+    names_in_order = [b.spec.name for b in declared if b.spec.name in specs]
+    roots = [n for n in names_in_order if not parents[n]]
+    state: dict[str, int] = {}  # 1 = on stack, 2 = finished
+    post: list[str] = []
+    for start in [*roots, *names_in_order]:
+        if start in state:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        state[start] = 1
+        while stack:
+            node, i = stack[-1]
+            kids = children[node]
+            if i < len(kids):
+                stack[-1] = (node, i + 1)
+                k = kids[i]
+                if k not in state:
+                    state[k] = 1
+                    stack.append((k, 0))
+            else:
+                state[node] = 2
+                post.append(node)
+                stack.pop()
+    # Reverse post-order of a DFS is a topological order of the graph minus its back edges.
+    post.reverse()
+    return post
