@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import codec
+from . import codec, faults
 from .errors import BuilderFailed, ConfigurationError, InvalidInput, WaitTimeout
 from .frontier import BuilderError, RunState
 from .graph import Graph
@@ -290,6 +290,7 @@ class Coordinator:
                 spec, inputs, new, workflow=graph.key, instance_id=c.keys.instance_id,
                 run=c.run, attempt_no=c.token, before=self.before, after=self.after,
             )
+        faults.point("before_commit")
         return retry_unavailable(lambda: self._commit(c, out, started, queue))
 
     def _commit(self, c: _Claimed, out: Outcome, started: float, queue: str | None
@@ -341,6 +342,7 @@ class Coordinator:
                 assert isinstance(reply, Snapshot)
                 snap = reply
                 continue
+            faults.point("after_commit")
             if dispatches:
                 self.send(dispatches)
             if inline is None:

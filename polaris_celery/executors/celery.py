@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from pydantic import BaseModel
 
+from .. import faults
 from ..coordinator import Coordinator, Dispatch, Settings
 from ..errors import ConfigurationError, MessageRejected, PolarisError
 from ..invoke import AfterHook, BeforeHook
@@ -152,6 +153,7 @@ class CeleryExecutor:
             self._tasks[tname] = self.app.task(
                 _make_body(self.coordinator, workflow, name),
                 name=tname,
+                shared=False,  # bound to this executor's coordinator: never to other apps
                 bind=True,
                 acks_late=True,
                 reject_on_worker_lost=True,
@@ -159,7 +161,6 @@ class CeleryExecutor:
                 typing=False,
                 time_limit=spec.time_limit + self.settings.lease_grace / 2,
                 soft_time_limit=spec.time_limit,
-                queue=spec.queue,
             )
         self._tasks[workflow] = True
 
@@ -169,10 +170,12 @@ class CeleryExecutor:
         def reconcile() -> dict[str, int]:
             return coordinator.reconcile()
 
-        self.app.task(reconcile, name=RECONCILE_TASK, ignore_result=True)
+        self.app.task(reconcile, name=RECONCILE_TASK, ignore_result=True, shared=False)
 
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
-        for d in dispatches:
+        for i, d in enumerate(dispatches):
+            if i:
+                faults.point("mid_send")
             spec = self.registry.graph(d.workflow).specs[d.builder]
             self.app.send_task(
                 task_name(d.workflow, d.builder),

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set everything up.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: install test lint typecheck demo bench soak clean
+
+$(STAMP): pyproject.toml
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check polaris_celery worker tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/pytest -q -ra
+
+demo: install
+	$(BIN)/python -m worker.demo
+
+bench: install
+	$(BIN)/python -m bench
+
+soak: install
+	$(BIN)/pytest -q -ra -m soak tests/faults
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

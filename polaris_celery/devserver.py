@@ -1,0 +1,123 @@
+"""Start and stop private `redis-server` processes: for `make demo`, the tests and benchmarks.
+
+A private server listens on a free loopback port in a directory of its own, so it never touches
+the machine's Redis; it is ended by the pid this module started, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ConfigurationError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1:<port>.
+
+    `appendonly=True` makes it durable (AOF, fsync always) so a test can kill and restart it and
+    find its data; `restart()` keeps the port and directory.
+    """
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False,
+                 directory: str | None = None, extra: list[str] | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ConfigurationError("redis-server is not installed (Debian: apt-get install "
+                                     "redis-server)")
+        self.exe = exe
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self._own_dir = directory is None
+        self.directory = directory or tempfile.mkdtemp(prefix="polaris-redis-")
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        args = [
+            self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--logfile", str(Path(self.directory) / "redis.log"),
+        ]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args + self.extra, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ConfigurationError(f"redis-server exited at start; see "
+                                         f"{self.directory}/redis.log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise ConfigurationError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """End it abruptly (SIGKILL), as a crash would."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+def redis_url_or_private() -> tuple[str, RedisServer | None]:
+    """POLARIS_REDIS_URL if set, else a private server started here (the caller stops it)."""
+    url = os.environ.get("POLARIS_REDIS_URL")
+    if url:
+        return url, None
+    server = RedisServer().start()
+    return server.url, server

@@ -1,0 +1,110 @@
+"""Fixtures over real parts: private redis-server processes and real Celery workers.
+
+- `redis_server`: one private redis-server for the session (a free port, its own directory).
+- `celery_env`: a Celery app whose broker is that server (db 1) and whose registry stores in it
+  (db 0), every scenario workflow registered, and an in-process worker on threads.
+- `run`: one callable, parametrized over the sequential, parallel and Celery executors, so every
+  semantic test runs on all three.
+Tests never flush: each uses instance ids of its own (`iid`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from pydantic import BaseModel
+
+import polaris_celery as pc
+from polaris_celery.devserver import RedisServer
+
+from . import scenarios
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def iid() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class CeleryEnv:
+    app: Celery
+    registry: pc.Registry
+    executor: Any  # pc.CeleryExecutor
+    store: Any  # pc.RedisStore
+    broker_url: str
+    redis_url: str
+
+
+def make_app(broker_url: str, name: str = "polaris-tests") -> Celery:
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.worker_hijack_root_logger = False
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_env(redis_server: RedisServer) -> Iterator[CeleryEnv]:
+    store_url = redis_server.url
+    broker_url = f"redis://127.0.0.1:{redis_server.port}/1"
+    app = make_app(broker_url)
+    store = pc.RedisStore(store_url)
+    registry = scenarios.register_all(pc.Registry(store))
+    executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=5,
+                                 lease_grace=2)
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
+                      shutdown_timeout=10):
+        yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
+
+
+@pytest.fixture(scope="session")
+def memory_registry() -> pc.Registry:
+    return scenarios.register_all(pc.Registry(pc.MemoryStore()))
+
+
+Runner = Callable[..., pc.RunResult]
+
+
+@pytest.fixture(params=["sequential", "parallel", "celery"])
+def executor_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
+    """run(key, instance_id, *data) -> RunResult on the parametrized executor."""
+    if executor_kind == "celery":
+        env: CeleryEnv = request.getfixturevalue("celery_env")
+
+        def go(key: str, instance_id: str, *data: BaseModel) -> pc.RunResult:
+            return env.executor.submit_delta(key, instance_id, *data).wait(timeout=30)
+
+        return go
+    registry: pc.Registry = request.getfixturevalue("memory_registry")
+    ex = pc.Executor(registry)
+    return getattr(ex, executor_kind)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def stored(executor_kind: str, request: pytest.FixtureRequest) -> Callable[[str, str], set[str]]:
+    """stored(key, instance_id) -> names of the data the instance holds, for that executor."""
+    if executor_kind == "celery":
+        store = request.getfixturevalue("celery_env").store
+    else:
+        store = request.getfixturevalue("memory_registry").store
+    return lambda key, instance_id: set(store.data_names(key, instance_id))

@@ -1,0 +1,226 @@
+"""What only the distributed executor has: processes, concurrency, producers, brokers, recovery."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from celery.signals import before_task_publish
+
+import polaris_celery as pc
+from polaris_celery.coordinator import Coordinator, Settings
+
+from . import scenarios
+from .conftest import CeleryEnv, make_app
+from .apps import probe_app
+from .scenarios import A, B, C, D, F, G, X, Y, calls, seen
+from .workers import worker_process
+
+
+def test_builders_run_in_other_processes_and_fan_out_runs_concurrently(redis_server):
+    broker = f"redis://127.0.0.1:{redis_server.port}/2"
+    env = {"POLARIS_REDIS_URL": redis_server.url, "POLARIS_BROKER_URL": broker}
+    producer = probe_app.build(redis_server.url, broker)
+    with worker_process("tests.apps.probe_app", env, name="p1", concurrency=2), \
+            worker_process("tests.apps.probe_app", env, name="p2", concurrency=2):
+        h = producer.submit_delta("fan-out", f"f-{uuid.uuid4().hex[:8]}", probe_app.Go(sleep=0.6))
+        r = h.wait(timeout=30)
+    ran = [r.get(t) for t in (probe_app.R1, probe_app.R2, probe_app.R3, probe_app.R4)]
+    assert all(x is not None for x in ran)
+    pids = {x.pid for x in ran}
+    assert os.getpid() not in pids  # not in this (the producer's) process
+    assert len(pids) >= 2  # spread over processes
+    # At least two of the four 0.6 s probes overlapped in time: they ran at the same time.
+    overlaps = sum(1 for a in ran for b in ran if a is not b and a.start < b.end and b.start < a.end)
+    assert overlaps >= 2
+    assert r.completed and sorted(r.get(probe_app.AllRan).pids) == sorted(x.pid for x in ran)
+
+
+def test_fifty_producers_on_one_instance_lose_nothing(celery_env: CeleryEnv, iid):
+    n = 50
+
+    def produce(i: int) -> int:
+        return celery_env.executor.submit_delta("tally", iid, Y(v=i), delta_id=f"d{i}").run
+
+    with ThreadPoolExecutor(16) as pool:
+        runs = list(pool.map(produce, range(n)))
+    assert sorted(runs) == list(range(1, n + 1))  # one run per delta, none merged or lost
+    results = [pc.RunHandle(celery_env.executor.coordinator, "tally", iid, r).wait(30)
+               for r in runs]
+    assert all(r.get(X) is not None for r in results)
+    ran = [s["run"] for s in seen(iid, "CountIt")]
+    assert sorted(ran) == list(range(1, n + 1))  # each run's builder ran exactly once
+    assert celery_env.store.data_names("tally", iid) == {"X", "Y"}
+    k = celery_env.store.keys("tally", iid)
+    assert celery_env.store.client.hlen(k.deltas) == n
+    assert celery_env.store.client.hlen(k.lease) == 0  # nothing left in flight
+
+
+def test_same_delta_id_applies_once(celery_env: CeleryEnv, iid):
+    ex = celery_env.executor
+    h1 = ex.submit_delta("optional", iid, A(v=1), delta_id="req-1")
+    h2 = ex.submit_delta("optional", iid, A(v=1), delta_id="req-1")
+    assert h1.run == h2.run
+    h1.wait(10)
+    assert calls(iid) == ["WithOptional"]
+    h3 = ex.submit_delta("optional", iid, A(v=1), delta_id="req-2")
+    assert h3.run != h1.run
+    h3.wait(10)
+    assert calls(iid) == ["WithOptional", "WithOptional"]
+
+
+def test_messages_carry_ids_only_as_json(celery_env: CeleryEnv, iid):
+    captured: list[tuple[dict, dict]] = []
+
+    def grab(sender=None, body=None, headers=None, properties=None, **kw):
+        if str(sender).startswith("polaris."):
+            captured.append((headers or {}, body))
+
+    before_task_publish.connect(grab, weak=False)
+    try:
+        celery_env.executor.submit_delta("fan-in", iid, A(v=123456789)).wait(10)
+    finally:
+        before_task_publish.disconnect(grab)
+    assert len(captured) == 7  # the seven parts; the join runs inline after the last part
+    for headers, body in captured:
+        args, kwargs, _ = body
+        assert args == [] or args == ()
+        assert set(kwargs) == {"instance", "run", "attempt"}
+        assert kwargs["instance"] == iid and "123456789" not in repr(body)
+        assert headers["task"].startswith("polaris.fan-in.Part")
+
+
+def test_app_accepting_pickle_is_refused(redis_url):
+    app = Celery("unsafe", broker=redis_url, set_as_current=False)
+    app.conf.accept_content = ["json", "pickle"]
+    registry = scenarios.register_all(pc.Registry(pc.RedisStore(redis_url)))
+    with pytest.raises(pc.ConfigurationError, match="pickle"):
+        pc.CeleryExecutor(app, registry, reconciler=False)
+
+
+def test_distributed_executor_needs_redis_store(redis_url):
+    app = Celery("mem", broker=redis_url, set_as_current=False)
+    with pytest.raises(pc.ConfigurationError, match="RedisStore"):
+        pc.CeleryExecutor(app, scenarios.register_all(pc.Registry(pc.MemoryStore())))
+
+
+def test_wait_times_out_without_polling(celery_env: CeleryEnv, iid):
+    h = celery_env.executor.submit_delta("sleep", iid, G(v=1500))
+    t0 = time.monotonic()
+    with pytest.raises(pc.WaitTimeout):
+        h.wait(timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 2
+    assert h.wait(timeout=10).get(B) == B(v=1)
+
+
+def test_many_waiters_on_one_run_all_wake(celery_env: CeleryEnv, iid):
+    h = celery_env.executor.submit_delta("sleep", iid, G(v=300))
+    results: list[pc.RunResult] = []
+    threads = [threading.Thread(target=lambda: results.append(h.wait(10))) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert len(results) == 5 and all(r.get(B) == B(v=1) for r in results)
+
+
+def test_marked_but_unsent_dispatch_is_resent_by_the_workers_reconciler(celery_env, iid):
+    """A producer that dies between its commit and its send: the builders were marked, no
+    message went out. The workers' own reconciler finds the overdue dispatch and sends it."""
+    dropped: list = []
+    lossy = Coordinator(celery_env.registry, dropped.extend, Settings(dispatch_timeout=0.5))
+    run = lossy.submit("dbf", iid, [A(v=1), B(v=1), D(v=0)])
+    assert [d.builder for d in dropped] == ["BA"]  # marked, "never sent"
+    result = celery_env.executor.coordinator.result("dbf", iid, run, timeout=15)
+    assert result.completed and result.get(F) == F(v=21)
+    assert calls(iid) == ["BA", "BB", "BC"]  # and nothing ran twice
+
+
+def test_reconciler_is_idempotent_when_nothing_is_due(celery_env: CeleryEnv, iid):
+    celery_env.executor.submit_delta("dbf", iid, A(v=1), B(v=1), D(v=1)).wait(10)
+    counts = [celery_env.executor.reconcile() for _ in range(3)]
+    assert all(c["resent"] == 0 and c["expired"] == 0 for c in counts)
+    assert calls(iid) == ["BA", "BB", "BC"]
+    member = f"dbf/{iid}"
+    assert celery_env.store.client.zscore(celery_env.store.index_key, member) is None
+
+
+def test_rabbitmq_broker(redis_server, iid):
+    """The same fan-out with RabbitMQ (AMQP) as the broker and worker processes; the store
+    stays Redis."""
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    queue = f"polaris-test-{uuid.uuid4().hex[:8]}"
+    producer = probe_app.build(redis_server.url, broker, queue)
+    try:
+        with producer.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # the machine's RabbitMQ is part of this project's setup
+        pytest.fail(f"RabbitMQ at 127.0.0.1:5672 unreachable: {exc}")
+    env = {"POLARIS_REDIS_URL": redis_server.url, "POLARIS_BROKER_URL": broker,
+           "POLARIS_QUEUE": queue}
+    try:
+        with worker_process("tests.apps.probe_app", env, name="amqp1", concurrency=2):
+            r = producer.submit_delta("fan-out", iid, probe_app.Go(sleep=0.1)).wait(30)
+        assert r.completed and len(r.get(probe_app.AllRan).pids) == 4
+        assert "amqp" in producer.app.connection_for_write().transport_cls
+    finally:
+        with producer.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+
+
+def test_inline_off_sends_every_builder_through_the_broker(celery_env: CeleryEnv, iid):
+    coordinator = celery_env.executor.coordinator
+    saved = coordinator.settings
+    sent: list[str] = []
+
+    def grab(sender=None, body=None, **kw):
+        if body and body[1].get("instance") == iid:
+            sent.append(str(sender))
+
+    before_task_publish.connect(grab, weak=False)
+    coordinator.settings = dataclasses.replace(saved, inline=False)
+    try:
+        assert celery_env.executor.submit_delta("dbf", iid, A(v=1), B(v=1), D(v=0)).wait(15)\
+            .completed
+    finally:
+        coordinator.settings = saved
+        before_task_publish.disconnect(grab)
+    assert sent == ["polaris.dbf.BA", "polaris.dbf.BB", "polaris.dbf.BC"]
+    assert calls(iid) == ["BA", "BB", "BC"]
+
+
+def test_inline_on_runs_a_lone_successor_without_a_message(celery_env: CeleryEnv, iid):
+    sent: list[str] = []
+
+    def grab(sender=None, body=None, **kw):
+        if body and body[1].get("instance") == iid:
+            sent.append(str(sender))
+
+    before_task_publish.connect(grab, weak=False)
+    try:
+        assert celery_env.executor.submit_delta("dbf", iid, A(v=1), B(v=1), D(v=0)).wait(15)\
+            .completed
+    finally:
+        before_task_publish.disconnect(grab)
+    assert sent == ["polaris.dbf.BA"]
+    assert calls(iid) == ["BA", "BB", "BC"]
+
+
+def test_store_outage_is_a_clear_error(iid):
+    from polaris_celery.devserver import RedisServer
+
+    with RedisServer() as server:
+        app = make_app(server.url, name="outage")
+        registry = scenarios.register_all(pc.Registry(pc.RedisStore(server.url)))
+        ex = pc.CeleryExecutor(app, registry, reconciler=False)
+        server.stop()
+        with pytest.raises(pc.StoreUnavailable, match="Redis unreachable"):
+            ex.submit_delta("dbf", iid, A(v=1))
+    _ = C, D

@@ -1,0 +1,137 @@
+"""The seeds' cab ride as a polaris-celery workflow.
+
+    RideRequested ─► MatchCabbie ─► CabbieMatched ─┐
+    CabbieArrived ─────────────────────────────────┴► StartRide ─► RideStarted ─┐
+    ArrivedAtDestination ───────────────────────────────────────────────────────┴► ComputeFare
+    FareComputed + PaymentMade ─► ConfirmPayment ─► PaymentConfirmed ─► EndRide ─► RideEnded
+
+Producers (the rider's app, the cabbie's app, the payment gateway) bring the inputs as deltas,
+minutes apart; the instance pauses in between at no cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from pydantic import BaseModel
+
+import polaris_celery as pc
+
+
+class RideRequested(BaseModel):
+    user_id: str
+    source: str
+    dest: str
+
+
+class CabbieMatched(BaseModel):
+    cabbie_id: str
+    eta_minutes: int
+
+
+class CabbieArrived(BaseModel):
+    cabbie_id: str
+
+
+class RideStarted(BaseModel):
+    ride_id: str
+    cabbie_id: str
+
+
+class ArrivedAtDestination(BaseModel):
+    distance_km: float
+
+
+class FareComputed(BaseModel):
+    amount: float
+    currency: str = "EUR"
+
+
+class PaymentMade(BaseModel):
+    user_id: str
+    amount: float
+
+
+class PaymentConfirmed(BaseModel):
+    receipt: str
+
+
+class RideEnded(BaseModel):
+    ride_id: str
+    receipt: str
+    fare: float
+
+
+def _work(seconds: float = 0.05) -> None:
+    """Stand-in for a call to another service."""
+    time.sleep(seconds)
+
+
+class MatchCabbie(pc.Builder):
+    consumes = [RideRequested]
+    produces = CabbieMatched
+    max_retries = 3
+    retry_backoff = 0.5
+
+    def process(self, ctx: pc.BuilderContext) -> CabbieMatched:
+        req = ctx.get(RideRequested)
+        assert req is not None
+        _work()
+        digest = hashlib.sha1(req.user_id.encode()).hexdigest()
+        return CabbieMatched(cabbie_id=f"cabbie-{digest[:4]}", eta_minutes=4)
+
+
+class StartRide(pc.Builder):
+    consumes = [CabbieMatched, CabbieArrived]
+    accesses = [RideRequested]
+    produces = RideStarted
+
+    def process(self, ctx: pc.BuilderContext) -> RideStarted | None:
+        matched, arrived = ctx.get(CabbieMatched), ctx.get(CabbieArrived)
+        assert matched is not None and arrived is not None
+        if matched.cabbie_id != arrived.cabbie_id:
+            return None  # another cabbie showed up: not now
+        _work()
+        return RideStarted(ride_id=f"ride-{ctx.instance_id}", cabbie_id=matched.cabbie_id)
+
+
+class ComputeFare(pc.Builder):
+    consumes = [RideStarted, ArrivedAtDestination]
+    produces = FareComputed
+
+    def process(self, ctx: pc.BuilderContext) -> FareComputed:
+        trip = ctx.get(ArrivedAtDestination)
+        assert trip is not None
+        _work()
+        return FareComputed(amount=round(3.5 + 1.2 * trip.distance_km, 2))
+
+
+class ConfirmPayment(pc.Builder):
+    consumes = [FareComputed, PaymentMade]
+    produces = PaymentConfirmed
+    max_retries = 2
+
+    def process(self, ctx: pc.BuilderContext) -> PaymentConfirmed | None:
+        fare, paid = ctx.get(FareComputed), ctx.get(PaymentMade)
+        assert fare is not None and paid is not None
+        _work()
+        if paid.amount + 1e-9 < fare.amount:
+            return None  # short payment: wait for a further PaymentMade
+        return PaymentConfirmed(receipt=f"rcpt-{ctx.instance_id}-{paid.amount:.2f}")
+
+
+class EndRide(pc.Builder):
+    consumes = [PaymentConfirmed, RideStarted]
+    accesses = [FareComputed]
+    produces = RideEnded
+
+    def process(self, ctx: pc.BuilderContext) -> RideEnded:
+        ride, receipt, fare = ctx.get(RideStarted), ctx.get(PaymentConfirmed), ctx.get(FareComputed)
+        assert ride is not None and receipt is not None and fare is not None
+        return RideEnded(ride_id=ride.ride_id, receipt=receipt.receipt, fare=fare.amount)
+
+
+class CabRide(pc.Workflow):
+    builders = [MatchCabbie, StartRide, ComputeFare, ConfirmPayment, EndRide]
+    target = RideEnded
