@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v dot >/dev/null 2>&1 || { \
+	  echo "installing graphviz (Debian package, for polaris graph pictures)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check polaris_celery worker tests bench
+	$(BIN)/ruff check polaris_celery worker tests bench examples
 
 typecheck: install
 	$(BIN)/mypy
@@ -26,7 +29,7 @@ test: install lint typecheck
 	$(BIN)/pytest -q -ra
 
 demo: install
-	$(BIN)/python -m worker.demo
+	$(BIN)/python examples/demo.py
 
 bench: install
 	$(BIN)/python -m bench

@@ -62,8 +62,10 @@ class BuilderSpec:
         return tuple(datum_name(t) for t in (*self.consumes, *self.optionals))
 
     @property
-    def readable_names(self) -> frozenset[str]:
-        return frozenset(datum_name(t) for t in (*self.consumes, *self.optionals, *self.accesses))
+    def readable_names(self) -> tuple[str, ...]:
+        """Everything the builder may read, in declaration order (consumes, optionals,
+        accesses): the order its before-hook receives new inputs in."""
+        return tuple(datum_name(t) for t in (*self.consumes, *self.optionals, *self.accesses))
 
     @property
     def produces_name(self) -> str:
@@ -224,7 +226,9 @@ def builder(func: F | None = None, /, **options: Any) -> Any:
         try:
             hints = typing.get_type_hints(fn)
         except Exception as exc:  # unresolvable forward references
-            raise DeclarationError(f"@builder {fn.__qualname__}: cannot read its type hints: {exc}")
+            raise DeclarationError(
+                f"@builder {fn.__qualname__}: cannot read its type hints: {exc}"
+            ) from exc
         params = inspect.signature(fn).parameters
         consumes: list[DataType] = []
         optionals: list[DataType] = []
@@ -237,8 +241,8 @@ def builder(func: F | None = None, /, **options: Any) -> Any:
             hint = hints.get(pname)
             inner = _optional_of(hint)
             if _is_model(hint):
-                consumes.append(hint)
-                readers.append((pname, hint))
+                consumes.append(typing.cast(DataType, hint))
+                readers.append((pname, typing.cast(DataType, hint)))
             elif inner is not None and _is_model(inner):
                 if p.default is not None:
                     problems.append(f"optional parameter {pname!r} must default to None")
@@ -249,7 +253,9 @@ def builder(func: F | None = None, /, **options: Any) -> Any:
         ret = hints.get("return")
         produced = _optional_of(ret) or ret
         if not _is_model(produced):
-            problems.append(f"return annotation must be a pydantic model (or X | None), got {ret!r}")
+            problems.append(
+                f"return annotation must be a pydantic model (or X | None), got {ret!r}"
+            )
         if problems:
             raise DeclarationError(f"@builder {fn.__qualname__} is invalid: " + "; ".join(problems))
 

@@ -1,7 +1,7 @@
 """`polaris`: look at and operate workflows from a terminal.
 
     polaris [--app MODULE[:ATTR]] workflows
-    polaris graph KEY [--format dot|mermaid] [--output FILE.svg|.png|.pdf|.dot|.mmd]
+    polaris graph KEY [--format dot|mermaid] [--direction TB|LR] [--output FILE.svg|.png|...]
     polaris status KEY ID [--json]
     polaris timeline KEY ID [--runs N]
     polaris submit KEY ID --data '{"RideRequested": {...}}' [--delta-id X] [--wait S] [--json]
@@ -39,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import status as st
+from .builder import datum_name
 from .errors import BuilderFailed, InvalidInput, PolarisError, UnknownData
 from .executors.celery import CeleryExecutor
 from .graph import Graph
@@ -215,7 +216,7 @@ def _data_of(graph: Graph) -> list[str]:
 
 
 def _names(types: Iterable[type[BaseModel]]) -> list[str]:
-    return [t.__name__ for t in types]
+    return [datum_name(t) for t in types]
 
 
 def _edges(graph: Graph) -> list[tuple[str, str, str]]:
@@ -244,11 +245,11 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def to_dot(graph: Graph) -> str:
+def to_dot(graph: Graph, direction: str = "TB") -> str:
     """Graphviz DOT: builders as boxes, data as ellipses, inputs dashed, the target in gold."""
     lines = [
         f"digraph {_q(graph.key)} {{",
-        f'  graph [rankdir=LR, label={_q(f"{graph.key}  (target: {graph.target})")}, '
+        f'  graph [rankdir={direction}, label={_q(f"{graph.key}  (target: {graph.target})")}, '
         'labelloc=t, fontname="Helvetica", fontsize=16, nodesep=0.3, ranksep=0.45];',
         '  node [fontname="Helvetica", fontsize=11, color="#455a64"];',
         '  edge [color="#546e7a", arrowsize=0.7, fontname="Helvetica", fontsize=9];',
@@ -279,7 +280,7 @@ def to_dot(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_mermaid(graph: Graph) -> str:
+def to_mermaid(graph: Graph, direction: str = "TB") -> str:
     """A Mermaid flowchart with the same shapes and marks as `to_dot`."""
     ids: dict[str, str] = {}
 
@@ -292,7 +293,7 @@ def to_mermaid(graph: Graph) -> str:
             ids[node] = ident_
         return ids[node]
 
-    lines = ["flowchart LR", f"  %% {graph.key}: target {graph.target}"]
+    lines = [f"flowchart {direction}", f"  %% {graph.key}: target {graph.target}"]
     classes: dict[str, list[str]] = {"input": [], "target": [], "datum": [], "builder": []}
     for d in _data_of(graph):
         i = ident("d:" + d)
@@ -316,7 +317,7 @@ def to_mermaid(graph: Graph) -> str:
         a, z = ("b:" + src, "d:" + dst) if kind == "produces" else ("d:" + src, "b:" + dst)
         lines.append(f"  {ident(a)} {arrow[kind]} {ident(z)}")
     lines += [
-        "  classDef builder fill:#eceff1,stroke:#455a64,rx:6,ry:6",
+        "  classDef builder fill:#eceff1,stroke:#455a64",
         "  classDef datum fill:#ffffff,stroke:#455a64",
         "  classDef input fill:#e3f2fd,stroke:#1565c0,stroke-dasharray:4 3",
         "  classDef target fill:#ffd54f,stroke:#e65100,stroke-width:3px",
@@ -332,14 +333,17 @@ def to_mermaid(graph: Graph) -> str:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to FILE: .svg/.png/.pdf are rendered with Graphviz's `dot`; "
                    ".dot/.gv/.mmd get the text.")
+@click.option("--direction", type=click.Choice(["TB", "LR"]), default="TB", show_default=True,
+              help="Top to bottom, or left to right.")
 @click.pass_context
-def graph(ctx: click.Context, key: str, fmt: str | None, output: Path | None) -> None:
+def graph(ctx: click.Context, key: str, fmt: str | None, output: Path | None,
+          direction: str) -> None:
     """Print (or render) the compiled graph of workflow KEY."""
     g = _app(ctx).registry.graph(key)
     suffix = output.suffix.lower() if output is not None else ""
     if fmt is None:
         fmt = "mermaid" if suffix in (".mmd", ".mermaid", ".md") else "dot"
-    text = to_mermaid(g) if fmt == "mermaid" else to_dot(g)
+    text = to_mermaid(g, direction) if fmt == "mermaid" else to_dot(g, direction)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -460,7 +464,7 @@ def status(ctx: click.Context, key: str, instance_id: str, history: int, as_json
     if s.builders:
         bt = Table(title="builders in flight", title_justify="left")
         for col in ("run", "builder", "state", "attempt", "deadline"):
-            bt.add_column(col)
+            bt.add_column(col, justify="right" if col in ("run", "attempt") else "left")
         for b in s.builders:
             bt.add_row(str(b.run), b.builder, Text(b.state, style=_outcome_style(b.state)),
                        "-" if b.attempt is None else str(b.attempt), _deadline(b, now))
@@ -468,13 +472,16 @@ def status(ctx: click.Context, key: str, instance_id: str, history: int, as_json
     if s.runs:
         rt = Table(title="runs in flight", title_justify="left")
         for col in ("run", "started", "new", "done", "produced", "delta id", "error"):
-            rt.add_column(col)
+            rt.add_column(col, justify="right" if col == "run" else "left")
         for r in s.runs:
             rt.add_row(str(r.run), _when(r.started, now), ", ".join(r.new), ", ".join(r.done),
                        ", ".join(r.produced), r.delta_id or "", _error_text(r.error))
         out.print(rt)
     else:
         out.print("no run in flight")
+    if not s.history:
+        out.print("no settled run yet")
+        return
     ht = Table(title="recent runs", title_justify="left")
     for col in ("run", "outcome", "produced", "started", "took", "error"):
         ht.add_column(col, justify="right" if col in ("run", "took") else "left")
@@ -506,6 +513,10 @@ def timeline(ctx: click.Context, key: str, instance_id: str, runs: int, width: i
             (f" · {t.status}" if t.status else " · in flight", _outcome_style(t.status or "")),
             f" · delta {', '.join(t.delta) or '(empty)'}" if t.delta or t.producer else "",
             f" from {t.producer}" if t.producer else "")
+        if not t.bars:
+            out.print(title)
+            out.print("  no builder attempt has finished in this run yet")
+            continue
         table = Table(title=title, title_justify="left")
         for col, just in (("builder", "left"), ("try", "right"), ("worker", "left"),
                           ("start", "right"), ("took", "right"), ("result", "left"),
@@ -519,8 +530,6 @@ def timeline(ctx: click.Context, key: str, instance_id: str, runs: int, width: i
                           _span(b.seconds), Text(b.result, style="red" if failed else ""),
                           RichBar(span, begin, end, width=width,
                                   color="red" if failed else "green"))
-        if not t.bars:
-            table.add_row("(no builder ran)", "", "", "", "", "", "")
         out.print(table)
 
 

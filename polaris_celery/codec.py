@@ -30,7 +30,9 @@ def decode(graph: Graph, name: str, raw: bytes | str) -> BaseModel:
     try:
         return tp.model_validate_json(raw)
     except ValidationError as exc:
-        raise InvalidInput(f"stored {name} of workflow {graph.key!r} does not validate: {exc}")
+        raise InvalidInput(
+            f"stored {name} of workflow {graph.key!r} does not validate: {exc}"
+        ) from exc
 
 
 def decode_many(graph: Graph, raw: Mapping[str, bytes | str]) -> dict[str, BaseModel]:

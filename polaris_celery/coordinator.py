@@ -30,10 +30,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
 from . import codec, faults
-from .errors import BuilderFailed, ConfigurationError, InvalidInput, WaitTimeout
+from .errors import (
+    BuilderFailed,
+    ConfigurationError,
+    InvalidInput,
+    MessageRejected,
+    WaitTimeout,
+)
 from .frontier import BuilderError, RunState
 from .graph import Graph
 from .invoke import AfterHook, BeforeHook, Outcome, attempt
@@ -257,8 +261,13 @@ class Coordinator:
     # -- workers ------------------------------------------------------------------------------
 
     def execute(self, workflow: str, instance_id: str, run: int, builder: str, token: int,
-                queue: str | None = None) -> None:
-        """Run one delivered attempt and every successor it may run inline, committing each."""
+                queue: str | None = None, worker: str | None = None) -> None:
+        """Run one delivered attempt and every successor it may run inline, committing each.
+
+        `worker` names who ran it in the instance's log (the Celery node name, by default
+        host:pid)."""
+        if workflow not in self.registry or builder not in self.registry.graph(workflow).specs:
+            raise MessageRejected(f"no builder {builder!r} in a workflow {workflow!r} here")
         graph = self.registry.graph(workflow)
         spec = graph.specs[builder]
         k = self.store.keys(workflow, instance_id)
@@ -271,10 +280,11 @@ class Coordinator:
                      workflow, instance_id, run, builder, token, status)
             return
         claimed: _Claimed | None = _Claimed(graph, k, run, builder, token, snap, raw)
+        by = f"{worker or socket.gethostname()}/{os.getpid()}"
         while claimed is not None:
-            claimed = self._run_claimed(claimed, queue)
+            claimed = self._run_claimed(claimed, queue, by)
 
-    def _run_claimed(self, c: _Claimed, queue: str | None) -> _Claimed | None:
+    def _run_claimed(self, c: _Claimed, queue: str | None, by: str) -> _Claimed | None:
         graph, spec = c.graph, c.graph.specs[c.builder]
         run_state = InstanceDoc.load(graph, c.snap).runs.get(c.run)
         if run_state is None or run_state.active.get(c.builder) != c.token:
@@ -291,9 +301,9 @@ class Coordinator:
                 run=c.run, attempt_no=c.token, before=self.before, after=self.after,
             )
         faults.point("before_commit")
-        return retry_unavailable(lambda: self._commit(c, out, started, queue))
+        return retry_unavailable(lambda: self._commit(c, out, started, queue, by))
 
-    def _commit(self, c: _Claimed, out: Outcome, started: float, queue: str | None
+    def _commit(self, c: _Claimed, out: Outcome, started: float, queue: str | None, by: str
                 ) -> _Claimed | None:
         graph, k = c.graph, c.keys
         spec = graph.specs[c.builder]
@@ -333,7 +343,7 @@ class Coordinator:
             ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*",
                     "ev", "builder", "run", c.run, "b", c.builder, "attempt", c.token,
                     "at", f"{started:.6f}", "secs", f"{out.seconds:.6f}", "result", result,
-                    "by", self.worker_name)
+                    "by", by)
             self._place(graph, k, doc, run, ops, now, empty_delta=False, present=present)
             new_doc = doc.dump()
             ops.hset(k.state, {"v": snap.version + 1, "doc": new_doc})
@@ -349,8 +359,8 @@ class Coordinator:
                 return None
             assert isinstance(reply, list)
             names = self._input_names(graph, inline)
-            raw = {n: v for n, v in zip(names[0], reply[0]) if v is not None}
-            raw.update({n: v for n, v in zip(names[1], reply[1]) if v is not None})
+            raw = {n: v for n, v in zip(names[0], reply[0], strict=False) if v is not None}
+            raw.update({n: v for n, v in zip(names[1], reply[1], strict=False) if v is not None})
             next_snap = Snapshot(snap.version + 1, new_doc, present - graph.transients)
             return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
 
@@ -504,9 +514,10 @@ class Coordinator:
                     # Running past its lease: the worker died or the builder overran time_limit.
                     counts["expired"] += 1
                     ops.add("HDEL", k.lease, fld)
+                    limit = graph.specs[builder].time_limit
                     err = BuilderError(builder, "LeaseExpired",
                                        f"attempt {token} held no live lease (worker lost, or "
-                                       f"over its time_limit of {graph.specs[builder].time_limit}s)")
+                                       f"over its time_limit of {limit}s)")
                     dispatches += self._failed_attempt(graph, k, run, builder, token, err, ops, now)
                     ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*",
                             "ev", "builder", "run", run.id, "b", builder, "attempt", token,

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 
+
 def _parse(spec: str) -> dict[str, float]:
     points: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):

@@ -94,8 +94,8 @@ def compile_workflow(key: str, workflow: type[Workflow]) -> Graph:
         know(target_t, "target")
 
     transients = frozenset(datum_name(t) for t in getattr(workflow, "transients", ()) or ())
-    for t in transients - set(types):
-        problems.append(f"transient {t} is not used by any builder")
+    for tname in sorted(transients - set(types)):
+        problems.append(f"transient {tname} is not used by any builder")
 
     # Producers and their resolution.
     producers: dict[str, list[str]] = {}
@@ -142,15 +142,15 @@ def compile_workflow(key: str, workflow: type[Workflow]) -> Graph:
 
     order = _rank(active, producer, builders)
     rank = {b: i for i, b in enumerate(order)}
-    bits = {b: 1 << i for b, i in rank.items()}
+    bits = {name: 1 << i for name, i in rank.items()}
     ancestors: dict[str, int] = {}
-    for b in order:
+    for name in order:
         mask = 0
-        for d in active[b].trigger_names:
+        for d in active[name].trigger_names:
             p = producer.get(d)
-            if p is not None and p != b and rank[p] < rank[b]:
+            if p is not None and p != name and rank[p] < rank[name]:
                 mask |= ancestors[p] | bits[p]
-        ancestors[b] = mask
+        ancestors[name] = mask
     inputs = frozenset(d for d in types if d not in producer)
     assert target_t is not None
     return Graph(

@@ -47,7 +47,8 @@ def attempt(
     )
     try:
         if before is not None:
-            before(spec.builder_cls, [v for k, v in inputs.items() if k in new])
+            before(spec.builder_cls, [inputs[n] for n in spec.readable_names
+                                      if n in new and n in inputs])
         produced = spec.builder_cls().process(ctx)
         if produced is not None and type(produced) is not spec.produces:
             raise TypeError(

@@ -25,7 +25,9 @@ def check_instance_id(instance_id: object) -> str:
             f"{MAX_INSTANCE_ID}"
         )
     if any(c in instance_id for c in "{}") or not instance_id.isprintable():
-        raise InvalidInput(f"instance id {instance_id!r:.60} holds braces or unprintable characters")
+        raise InvalidInput(
+            f"instance id {instance_id!r:.60} holds braces or unprintable characters"
+        )
     return instance_id
 
 

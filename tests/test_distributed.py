@@ -11,15 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
 import polaris_celery as pc
 from polaris_celery.coordinator import Coordinator, Settings
 
 from . import scenarios
-from .conftest import CeleryEnv, make_app
 from .apps import probe_app
+from .conftest import CeleryEnv, make_app
 from .scenarios import A, B, C, D, F, G, X, Y, calls, seen
 from .workers import worker_process
 
@@ -38,7 +37,8 @@ def test_builders_run_in_other_processes_and_fan_out_runs_concurrently(redis_ser
     assert os.getpid() not in pids  # not in this (the producer's) process
     assert len(pids) >= 2  # spread over processes
     # At least two of the four 0.6 s probes overlapped in time: they ran at the same time.
-    overlaps = sum(1 for a in ran for b in ran if a is not b and a.start < b.end and b.start < a.end)
+    overlaps = sum(1 for a in ran for b in ran
+                   if a is not b and a.start < b.end and b.start < a.end)
     assert overlaps >= 2
     assert r.completed and sorted(r.get(probe_app.AllRan).pids) == sorted(x.pid for x in ran)
 

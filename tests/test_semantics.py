@@ -24,7 +24,6 @@ from .scenarios import (
     seen,
 )
 
-
 # -- the Java framework's own scenarios ---------------------------------------------------------
 
 def test_three_deltas_into_dbf_graph(run, iid):

@@ -28,7 +28,9 @@ def worker_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `celery -A app_module worker` and wait until it says it is ready; on exit end its
     whole process group (it was started in a session of its own, so only what we started)."""
-    log = tempfile.NamedTemporaryFile(prefix=f"polaris-{name}-", suffix=".log", delete=False)
+    # Closed in the finally below; the worker writes to it for the test's whole duration.
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        prefix=f"polaris-{name}-", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", pool,
            "-c", str(concurrency), "-n", f"{name}@%h", "-l", "info", "--without-gossip",
            "--without-mingle", *(extra or [])]

@@ -93,7 +93,7 @@ class StartRide(pc.Builder):
         if matched.cabbie_id != arrived.cabbie_id:
             return None  # another cabbie showed up: not now
         _work()
-        return RideStarted(ride_id=f"ride-{ctx.instance_id}", cabbie_id=matched.cabbie_id)
+        return RideStarted(ride_id=ctx.instance_id, cabbie_id=matched.cabbie_id)
 
 
 class ComputeFare(pc.Builder):

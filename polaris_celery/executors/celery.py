@@ -116,7 +116,7 @@ class CeleryExecutor:
         self.coordinator = Coordinator(registry, self._send, self.settings,
                                        before=before, after=after)
         self._tasks: dict[str, Any] = {}
-        graphs = [registry.graph(k) for k in registry.keys()]
+        graphs = [registry.graph(k) for k in registry.keys()]  # noqa: SIM118 (a method)
         longest = max((s.time_limit for g in graphs for s in g.specs.values()), default=0.0)
         check_and_configure(app, longest)
         for g in graphs:
@@ -203,7 +203,8 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
         queue = coordinator.registry.graph(workflow).specs[builder].queue
         try:
-            coordinator.execute(workflow, instance, run, builder, attempt, queue=queue)
+            coordinator.execute(workflow, instance, run, builder, attempt, queue=queue,
+                                worker=task.request.hostname)
         except PolarisError:
             log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
             raise

@@ -58,7 +58,11 @@ class Executor:
     # -- the run ------------------------------------------------------------------------------
 
     def _run(
-        self, key: str, instance_id: str, data: tuple[BaseModel, ...], pool: ThreadPoolExecutor | None
+        self,
+        key: str,
+        instance_id: str,
+        data: tuple[BaseModel, ...],
+        pool: ThreadPoolExecutor | None,
     ) -> RunResult:
         graph = self.registry.graph(key)
         check_instance_id(instance_id)

@@ -139,11 +139,13 @@ class RedisStore:
         redis_kwargs.setdefault("socket_timeout", 10.0)
         redis_kwargs.setdefault("socket_connect_timeout", 5.0)
         redis_kwargs.setdefault("health_check_interval", 30)
-        self.client: redis.Redis = redis.Redis.from_url(url, **redis_kwargs)
+        # Typed as Any: redis-py's annotations cover str and bytes replies at once, and this
+        # module (the only one talking to redis) decodes every reply itself.
+        self.client: Any = redis.Redis.from_url(url, **redis_kwargs)
         # Blocking reads (BLPOP in wait()) carry their own timeout; redis-py 8's default socket
         # timeout would cut them off, so they use a pool without one.
         blocking = dict(redis_kwargs, socket_timeout=None)
-        self.blocking: redis.Redis = redis.Redis.from_url(url, **blocking)
+        self.blocking: Any = redis.Redis.from_url(url, **blocking)
         self._cas = self.client.register_script(_script("cas.lua"))
         self._begin = self.client.register_script(_script("begin.lua"))
 
@@ -177,7 +179,7 @@ class RedisStore:
             return {}
         k = self.keys(workflow, instance_id)
         values = _wrap(lambda: self.client.hmget(k.data, names), "reading data")
-        return {n: v for n, v in zip(names, values) if v is not None}
+        return {n: v for n, v in zip(names, values, strict=True) if v is not None}
 
     def data_names(self, workflow: str, instance_id: str) -> set[str]:
         k = self.keys(workflow, instance_id)
@@ -231,8 +233,8 @@ class RedisStore:
         if status != "ok":
             return status, None, {}
         snap = Snapshot(int(reply[1]), reply[2].decode(), {n.decode() for n in reply[3]})
-        raw = {n: v for n, v in zip(data_names, reply[4]) if v is not None}
-        raw.update({n: v for n, v in zip(run_names, reply[5]) if v is not None})
+        raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
+        raw.update({n: v for n, v in zip(run_names, reply[5], strict=True) if v is not None})
         return status, snap, raw
 
     def leases(self, k: Keys) -> dict[str, str]:

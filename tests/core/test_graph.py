@@ -8,7 +8,7 @@ from pydantic import BaseModel
 import polaris_celery as pc
 from polaris_celery.frontier import BuilderError, RunState
 
-from ..scenarios import DBF, BA, BB, BC, Cycle, Diamond, A, B, C, D, E, F, Resolved
+from ..scenarios import BA, BB, BC, DBF, A, B, C, Cycle, D, Diamond, E, F, Resolved
 
 
 def builder(name: str, consumes=(), produces=None, optionals=(), **opts) -> type[pc.Builder]:

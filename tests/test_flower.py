@@ -1,0 +1,105 @@
+"""Flower shows the flow: one task per builder, named `polaris.<workflow>.<Builder>`, whose
+arguments are ids only (instance, run, attempt), never a payload.
+
+A real `flower` process and a real `celery -A worker worker -E` process run against a private
+redis-server; the worker runs with POLARIS_INLINE=0 so that every builder goes through the
+broker (inline runs skip the broker hop, so Flower would not see them as tasks of their own).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+
+import polaris_celery as pc
+from polaris_celery.devserver import RedisServer, free_port
+from worker.cab_ride import (
+    ArrivedAtDestination,
+    CabbieArrived,
+    CabRide,
+    PaymentMade,
+    RideEnded,
+    RideRequested,
+)
+
+from .test_compose import base_env, started, wait_flower_sees_a_worker, wait_http
+
+BUILDERS = ["MatchCabbie", "StartRide", "ComputeFare", "ConfirmPayment", "EndRide"]
+USER = "u-flower"
+SECRET = "s3cret-payload-marker"
+
+
+def whole_ride() -> list[Any]:
+    """All four inputs in one delta: the five builders run one after another in one run."""
+    cabbie = f"cabbie-{hashlib.sha1(USER.encode()).hexdigest()[:4]}"
+    return [RideRequested(user_id=USER, source=SECRET, dest="Orly"),
+            CabbieArrived(cabbie_id=cabbie), ArrivedAtDestination(distance_km=10),
+            PaymentMade(user_id=USER, amount=100)]
+
+
+def builder_tasks(port: int, instance: str) -> dict[str, dict[str, Any]]:
+    r = httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=5)
+    assert r.status_code == 200, f"HTTP {r.status_code}: {r.text[:300]}"
+    out: dict[str, dict[str, Any]] = {}
+    for task in r.json().values():
+        name = task.get("name") or ""
+        if name.startswith("polaris.cab-ride.") and instance in (task.get("kwargs") or ""):
+            out[name.rsplit(".", 1)[1]] = task
+    return out
+
+
+@pytest.mark.slow
+def test_flower_lists_each_builder_task_with_ids_only(tmp_path: Path) -> None:
+    with RedisServer() as redis:
+        store_url, broker_url = redis.url, f"redis://127.0.0.1:{redis.port}/1"
+        env = base_env(POLARIS_REDIS_URL=store_url, POLARIS_BROKER_URL=broker_url,
+                       POLARIS_INLINE="0")
+        port = free_port()
+        flower_argv = ["celery", "-A", "worker", "flower", f"--port={port}",
+                       "--address=127.0.0.1"]
+        worker_argv = ["celery", "-A", "worker", "worker", "-E", "--pool=threads",
+                       "--concurrency=2", "--without-mingle", "--without-gossip",
+                       "--loglevel=INFO"]
+        with started(flower_argv, {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+                     tmp_path / "flower.log") as flower:
+            wait_http(f"http://127.0.0.1:{port}/healthcheck", proc=flower)
+            with started(worker_argv, env, tmp_path / "worker.log") as worker:
+                worker.wait_for(" ready.")
+                node = wait_flower_sees_a_worker(port)
+
+                # A producer of our own on the same store and broker (the task names are
+                # derived from the workflow key and builder names alone).
+                app = Celery("flower-test-producer", broker=broker_url, set_as_current=False)
+                registry = pc.Registry(pc.RedisStore(store_url))
+                registry.register("cab-ride", CabRide)
+                producer = pc.CeleryExecutor(app, registry, reconciler=False)
+                instance = f"flower-{time.time_ns()}"
+                result = producer.submit_delta("cab-ride", instance, *whole_ride()).wait(30)
+                assert result.completed and result.get(RideEnded) is not None
+
+                deadline = time.monotonic() + 20
+                tasks = builder_tasks(port, instance)
+                while time.monotonic() < deadline and not (
+                        len(tasks) == len(BUILDERS)
+                        and all(t.get("state") == "SUCCESS" for t in tasks.values())):
+                    time.sleep(0.25)
+                    tasks = builder_tasks(port, instance)
+                assert sorted(tasks) == sorted(BUILDERS), \
+                    f"Flower saw {sorted(tasks)}\n{worker.text()[-2000:]}"
+                for name, task in tasks.items():
+                    assert task["state"] == "SUCCESS", (name, task)
+                    assert task["worker"] == node
+                    assert ast.literal_eval(task["args"]) == ()
+                    kwargs = ast.literal_eval(task["kwargs"])
+                    assert kwargs == {"instance": instance, "run": 1, "attempt": 1}, (name, kwargs)
+                    assert SECRET not in repr(task), f"{name} carries a payload: {task}"
+                # The same names in Flower's list of task types.
+                types = httpx.get(f"http://127.0.0.1:{port}/api/task/types", timeout=5).json()
+                assert {f"polaris.cab-ride.{b}" for b in BUILDERS} <= set(types["task-types"])
