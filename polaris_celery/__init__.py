@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import codec
 from .builder import Builder, BuilderSpec, builder, datum_name
 from .context import BuilderContext
 from .errors import (
@@ -15,6 +16,7 @@ from .errors import (
     ConfigurationError,
     DeclarationError,
     GraphError,
+    InstanceClosed,
     InvalidInput,
     MessageRejected,
     PolarisError,
@@ -22,6 +24,7 @@ from .errors import (
     UndeclaredData,
     UnknownData,
     UnknownWorkflow,
+    VersionInUse,
     WaitTimeout,
 )
 from .executors.local import Executor
@@ -42,6 +45,7 @@ __all__ = [
     "BuilderSpec",
     "Workflow",
     "builder",
+    "codec",
     "datum_name",
     # compiling and running
     "CeleryExecutor",
@@ -59,6 +63,7 @@ __all__ = [
     "ConfigurationError",
     "DeclarationError",
     "GraphError",
+    "InstanceClosed",
     "InvalidInput",
     "MessageRejected",
     "PolarisError",
@@ -66,6 +71,7 @@ __all__ = [
     "UndeclaredData",
     "UnknownData",
     "UnknownWorkflow",
+    "VersionInUse",
     "WaitTimeout",
 ]
 

@@ -12,6 +12,8 @@
      +-- StoreUnavailable      the store could not be reached (wraps the driver's error)
      +-- WaitTimeout           a run did not settle within the time a caller waited
      +-- MessageRejected       a Celery message was malformed or named an unknown builder
+     +-- InstanceClosed        a delta for an instance that was cancelled or timed out
+     +-- VersionInUse          retiring a workflow version that live instances still run on
 """
 
 from __future__ import annotations
@@ -102,3 +104,18 @@ class WaitTimeout(PolarisError, TimeoutError):
 
 class MessageRejected(PolarisError):
     """Raised (and logged by workers) for a task message that is malformed or names no builder."""
+
+
+class InstanceClosed(PolarisError):
+    """Raised for a delta sent to an instance that was cancelled or timed out (restart it)."""
+
+
+class VersionInUse(PolarisError):
+    """Raised when retiring a workflow version that live instances still run on; names them."""
+
+    def __init__(self, key: str, version: int, instances: list[str]) -> None:
+        self.key = key
+        self.version = version
+        self.instances = instances
+        shown = ", ".join(instances[:20]) + (" ..." if len(instances) > 20 else "")
+        super().__init__(f"{key} v{version} still runs {len(instances)} live instance(s): {shown}")

@@ -53,6 +53,7 @@ class RunState:
     target_hit: bool = False
     delta_id: str | None = None
     started: float = 0.0
+    closed: str | None = None  # "cancelled" or "timed_out" when the instance was closed
     _pending: int = 0  # bitmask of active | waiting; derived, never serialized
 
     # -- transitions ---------------------------------------------------------------------------
@@ -98,12 +99,20 @@ class RunState:
         self.waiting.clear()
         self._recompute_pending(graph)
 
+    def close(self, graph: Graph, status: str) -> None:
+        """The instance was cancelled or timed out: nothing of this run is in flight any more
+        (attempts still running will find their commit refused)."""
+        self.closed = status
+        self.active.clear()
+        self.waiting.clear()
+        self._recompute_pending(graph)
+
     # -- questions -----------------------------------------------------------------------------
 
     @property
     def stopped(self) -> bool:
-        """A run stops dispatching once it failed or produced the target."""
-        return self.error is not None or self.target_hit
+        """A run stops dispatching once it failed, produced the target or was closed."""
+        return self.error is not None or self.target_hit or self.closed is not None
 
     @property
     def settled(self) -> bool:
@@ -111,6 +120,8 @@ class RunState:
 
     @property
     def outcome(self) -> str:
+        if self.closed is not None:
+            return self.closed
         if self.error is not None:
             return "failed"
         return "completed" if self.target_hit else "paused"
@@ -174,6 +185,8 @@ class RunState:
             d["target_hit"] = True
         if self.delta_id is not None:
             d["delta_id"] = self.delta_id
+        if self.closed is not None:
+            d["closed"] = self.closed
         return d
 
     @classmethod
@@ -189,6 +202,7 @@ class RunState:
             target_hit=bool(d.get("target_hit", False)),
             delta_id=d.get("delta_id"),
             started=float(d.get("started", 0.0)),
+            closed=d.get("closed"),
         )
         run._recompute_pending(graph)
         return run

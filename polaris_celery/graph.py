@@ -29,6 +29,7 @@ class Graph:
 
     key: str
     workflow: type[Workflow]
+    version: int
     target: str
     specs: Mapping[str, BuilderSpec]
     types: Mapping[str, DataType]
@@ -54,7 +55,7 @@ class Graph:
         return sorted(self.specs, key=self.rank.__getitem__)
 
 
-def compile_workflow(key: str, workflow: type[Workflow]) -> Graph:
+def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Graph:
     """Validate `workflow` and compile it; raises GraphError listing every problem."""
     problems: list[str] = []
     builders: list[type[Builder]] = list(getattr(workflow, "builders", ()) or ())
@@ -156,6 +157,7 @@ def compile_workflow(key: str, workflow: type[Workflow]) -> Graph:
     return Graph(
         key=key,
         workflow=workflow,
+        version=version,
         target=datum_name(target_t),
         specs=active,
         types=types,

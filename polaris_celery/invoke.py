@@ -60,4 +60,11 @@ def attempt(
     except Exception as exc:
         err = BuilderError(spec.name, type(exc).__name__, str(exc)[:2000])
         return Outcome(None, err, time.perf_counter() - t0)
-    return Outcome(produced, None, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if seconds > spec.time_limit:
+        # Pools that cannot interrupt a builder (threads, in-process executors) still refuse
+        # its late result, as a prefork worker's hard time limit would have.
+        err = BuilderError(spec.name, "TimeLimitExceeded",
+                           f"took {seconds:.2f}s, over its time_limit of {spec.time_limit}s")
+        return Outcome(None, err, seconds)
+    return Outcome(produced, None, seconds)

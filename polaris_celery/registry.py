@@ -32,25 +32,52 @@ def check_instance_id(instance_id: object) -> str:
 
 
 class Registry:
-    """Workflows registered under keys, compiled once, plus the store instances persist in."""
+    """Workflows registered under keys, compiled once, plus the store instances persist in.
+
+    A key can hold several versions (`register(key, wf, version=2)`): new instances start on the
+    newest, an instance in flight stays on the version it started with until it completes, and
+    a version no live instance uses can be retired.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._graphs: dict[str, Graph] = {}
+        self._graphs: dict[str, dict[int, Graph]] = {}
 
-    def register(self, key: str, workflow: type[Workflow]) -> Graph:
-        """Compile `workflow` and register it under `key`; raises GraphError on a bad graph."""
+    def register(self, key: str, workflow: type[Workflow], version: int = 1) -> Graph:
+        """Compile `workflow` and register it as `version` of `key`; raises GraphError on a bad
+        graph. Registering a version again replaces it (e.g. on a module reload)."""
         if not isinstance(key, str) or not _KEY.match(key):
             raise InvalidInput(f"workflow key {key!r} must match {_KEY.pattern}")
-        graph = compile_workflow(key, workflow)
-        self._graphs[key] = graph
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidInput(f"workflow version must be a positive int, got {version!r}")
+        graph = compile_workflow(key, workflow, version)
+        self._graphs.setdefault(key, {})[version] = graph
         return graph
 
-    def graph(self, key: str) -> Graph:
+    def graph(self, key: str, version: int | None = None) -> Graph:
+        """The newest version of `key`, or the one asked for."""
+        versions = self._graphs.get(key)
+        if not versions:
+            raise UnknownWorkflow(key)
+        if version is None:
+            return versions[max(versions)]
         try:
-            return self._graphs[key]
+            return versions[version]
         except KeyError:
-            raise UnknownWorkflow(key) from None
+            raise UnknownWorkflow(f"{key} v{version}") from None
+
+    def versions(self, key: str) -> list[int]:
+        return sorted(self._graphs.get(key, ()))
+
+    def unregister(self, key: str, version: int) -> None:
+        """Forget one version (see CeleryExecutor.retire for the checked way)."""
+        versions = self._graphs.get(key, {})
+        versions.pop(version, None)
+        if not versions:
+            self._graphs.pop(key, None)
+
+    def graphs(self) -> list[Graph]:
+        return [g for key in sorted(self._graphs) for _, g in sorted(self._graphs[key].items())]
 
     def keys(self) -> list[str]:
         return sorted(self._graphs)

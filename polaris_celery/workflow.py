@@ -17,9 +17,12 @@ class Workflow:
       resolution: `{Datum: Builder}` naming the producer to use where several produce one datum.
       transients: data visible to builders within a run and returned in its result, but never
         kept in the instance (the Java original's transient data).
+      deadline: seconds from an instance's first delta after which nothing more runs and it is
+        marked timed out (distributed executor; `submit_delta(deadline=...)` overrides it).
     """
 
     builders: ClassVar[Sequence[type[Builder]]] = ()
     target: ClassVar[DataType | None] = None
     resolution: ClassVar[Mapping[DataType, type[Builder]]] = {}
     transients: ClassVar[Sequence[DataType]] = ()
+    deadline: ClassVar[float | None] = None

@@ -476,7 +476,60 @@ class SleepFlow(pc.Workflow):
     target = B
 
 
+class Token(BaseModel):  # transient input
+    v: int = 0
+
+
+class Scratch(BaseModel):  # transient, produced
+    v: int = 0
+
+
+class UseToken(pc.Builder):
+    consumes = [A]
+    optionals = [Token]
+    produces = Scratch
+
+    def process(self, ctx: pc.BuilderContext) -> Scratch:
+        record(ctx, "UseToken", token=v(ctx, Token))
+        return Scratch(v=v(ctx, A) + (v(ctx, Token) or 0))
+
+
+class AfterScratch(pc.Builder):
+    consumes = [Scratch]
+    produces = D
+
+    def process(self, ctx: pc.BuilderContext) -> D:
+        record(ctx, "AfterScratch", scratch=v(ctx, Scratch))
+        return D(v=v(ctx, Scratch))
+
+
+class TransientFlow(pc.Workflow):
+    builders = [UseToken, AfterScratch]
+    target = D
+    transients = [Token, Scratch]
+
+
+class SlowBuilder(pc.Builder):
+    consumes = [G]
+    produces = B
+    time_limit = 0.3
+
+    def process(self, ctx: pc.BuilderContext) -> B:
+        import time
+
+        record(ctx, "SlowBuilder", attempt=ctx.attempt)
+        time.sleep(v(ctx, G) / 1000)
+        return B(v=1)
+
+
+class Slow(pc.Workflow):
+    builders = [SlowBuilder]
+    target = B
+
+
 WORKFLOWS: dict[str, type[pc.Workflow]] = {
+    "transient": TransientFlow,
+    "slow": Slow,
     "tally": Tally,
     "sleep": SleepFlow,
     "dbf": DBF,

@@ -92,7 +92,7 @@ def test_messages_carry_ids_only_as_json(celery_env: CeleryEnv, iid):
     for headers, body in captured:
         args, kwargs, _ = body
         assert args == [] or args == ()
-        assert set(kwargs) == {"instance", "run", "attempt"}
+        assert set(kwargs) == {"instance", "run", "attempt", "version"}
         assert kwargs["instance"] == iid and "123456789" not in repr(body)
         assert headers["task"].startswith("polaris.fan-in.Part")
 

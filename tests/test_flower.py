@@ -1,5 +1,5 @@
 """Flower shows the flow: one task per builder, named `polaris.<workflow>.<Builder>`, whose
-arguments are ids only (instance, run, attempt), never a payload.
+arguments are ids only (instance, run, attempt, version), never a payload.
 
 A real `flower` process and a real `celery -A worker worker -E` process run against a private
 redis-server; the worker runs with POLARIS_INLINE=0 so that every builder goes through the
@@ -98,7 +98,8 @@ def test_flower_lists_each_builder_task_with_ids_only(tmp_path: Path) -> None:
                     assert task["worker"] == node
                     assert ast.literal_eval(task["args"]) == ()
                     kwargs = ast.literal_eval(task["kwargs"])
-                    assert kwargs == {"instance": instance, "run": 1, "attempt": 1}, (name, kwargs)
+                    assert kwargs == {"instance": instance, "run": 1, "attempt": 1, "version": 1}, (
+                        name, kwargs)
                     assert SECRET not in repr(task), f"{name} carries a payload: {task}"
                 # The same names in Flower's list of task types.
                 types = httpx.get(f"http://127.0.0.1:{port}/api/task/types", timeout=5).json()

@@ -8,20 +8,24 @@ run=3, attempt=1)` and never a payload.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
 from pydantic import BaseModel
 
 from .. import faults
-from ..coordinator import Coordinator, Dispatch, Settings
-from ..errors import ConfigurationError, MessageRejected, PolarisError
+from ..builder import BuilderSpec
+from ..coordinator import Coordinator, Dispatch, Settings, UnknownVersion
+from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
 from ..invoke import AfterHook, BeforeHook
 from ..registry import Registry
 from ..result import RunResult
+from ..workflow import Workflow
 
 log = logging.getLogger("polaris_celery")
 
@@ -89,6 +93,15 @@ class RunHandle:
         """The run's result once it settled; raises BuilderFailed or WaitTimeout."""
         return self._coordinator.result(self.workflow, self.instance_id, self.run, timeout)
 
+    async def wait_async(self, timeout: float = 30.0) -> RunResult:
+        """`wait` for asyncio code (FastAPI handlers ...): blocks no thread while it waits."""
+        return await self._coordinator.result_async(
+            self.workflow, self.instance_id, self.run, timeout
+        )
+
+    def __await__(self) -> Generator[Any, None, RunResult]:
+        return self.wait_async().__await__()
+
     def __repr__(self) -> str:
         return f"RunHandle({self.workflow}/{self.instance_id}, run={self.run})"
 
@@ -116,11 +129,11 @@ class CeleryExecutor:
         self.coordinator = Coordinator(registry, self._send, self.settings,
                                        before=before, after=after)
         self._tasks: dict[str, Any] = {}
-        graphs = [registry.graph(k) for k in registry.keys()]  # noqa: SIM118 (a method)
+        graphs = registry.graphs()
         longest = max((s.time_limit for g in graphs for s in g.specs.values()), default=0.0)
         check_and_configure(app, longest)
-        for g in graphs:
-            self._register_tasks(g.key)
+        for key in registry.keys():  # noqa: SIM118 - Registry.keys() is a method, not a dict's
+            self._register_tasks(key)
         self._register_reconcile_task()
         if reconciler:
             app.steps["worker"].add(_reconciler_step(self))
@@ -128,12 +141,64 @@ class CeleryExecutor:
     # -- producers ----------------------------------------------------------------------------
 
     def submit_delta(
-        self, workflow: str, instance_id: str, *data: BaseModel, delta_id: str | None = None
+        self,
+        workflow: str,
+        instance_id: str,
+        *data: BaseModel,
+        delta_id: str | None = None,
+        deadline: float | None = None,
     ) -> RunHandle:
-        """Store `data` as a new delta of the instance and dispatch what it makes runnable."""
+        """Store `data` as a new delta of the instance and dispatch what it makes runnable.
+
+        delta_id: an idempotency key; the same key applies once however often it is sent.
+        deadline: seconds from now after which nothing more runs and the instance times out.
+        """
         self._ensure_tasks(workflow)
-        run = self.coordinator.submit(workflow, instance_id, data, delta_id)
+        run = self.coordinator.submit(workflow, instance_id, data, delta_id, deadline)
         return RunHandle(self.coordinator, workflow, instance_id, run)
+
+    async def submit_delta_async(
+        self,
+        workflow: str,
+        instance_id: str,
+        *data: BaseModel,
+        delta_id: str | None = None,
+        deadline: float | None = None,
+    ) -> RunHandle:
+        """`submit_delta` for asyncio code. Storing and sending take a few milliseconds on a
+        worker thread; `await handle` (or `handle.wait_async()`) then waits without one."""
+        return await asyncio.to_thread(
+            functools.partial(self.submit_delta, workflow, instance_id, *data,
+                              delta_id=delta_id, deadline=deadline)
+        )
+
+    def cancel(self, workflow: str, instance_id: str) -> bool:
+        """Cancel an instance: nothing more runs; builders still running may finish and their
+        data is kept apart as late. False if it was not open."""
+        return self.coordinator.cancel(workflow, instance_id)
+
+    def restart(
+        self, workflow: str, instance_id: str, keep_data: bool = True
+    ) -> RunHandle | None:
+        """Run an instance again from the beginning on the newest version, re-submitting its
+        input data (keep_data=True) or dropping all its data and waiting for new deltas."""
+        self._ensure_tasks(workflow)
+        run = self.coordinator.restart(workflow, instance_id, keep_data)
+        return None if run is None else RunHandle(self.coordinator, workflow, instance_id, run)
+
+    def delete(self, workflow: str, instance_id: str) -> None:
+        """Remove an instance and all it holds."""
+        self.coordinator.delete(workflow, instance_id)
+
+    def retire(self, workflow: str, version: int) -> None:
+        """Forget a workflow version once no live instance runs on it (else VersionInUse)."""
+        self.coordinator.retire(workflow, version)
+
+    def register(self, key: str, workflow: type[Workflow], version: int = 1) -> None:
+        """Register a workflow (or a new version of one) after the executor was created."""
+        graph = self.registry.register(key, workflow, version)
+        check_and_configure(self.app, max(s.time_limit for s in graph.specs.values()))
+        self._register_tasks(key)
 
     def reconcile(self) -> dict[str, int]:
         """One reconciler pass (workers run this every `reconcile_interval` by themselves)."""
@@ -147,9 +212,17 @@ class CeleryExecutor:
             self._register_tasks(workflow)
 
     def _register_tasks(self, workflow: str) -> None:
-        graph = self.registry.graph(workflow)
-        for name, spec in graph.specs.items():
+        """One task per builder name across every registered version of the workflow; the
+        message's version picks the graph."""
+        specs: dict[str, BuilderSpec] = {}
+        for version in self.registry.versions(workflow):
+            for name, s in self.registry.graph(workflow, version).specs.items():
+                if name not in specs or s.time_limit > specs[name].time_limit:
+                    specs[name] = s
+        for name, spec in specs.items():
             tname = task_name(workflow, name)
+            if tname in self._tasks:
+                continue
             self._tasks[tname] = self.app.task(
                 _make_body(self.coordinator, workflow, name),
                 name=tname,
@@ -176,10 +249,11 @@ class CeleryExecutor:
         for i, d in enumerate(dispatches):
             if i:
                 faults.point("mid_send")
-            spec = self.registry.graph(d.workflow).specs[d.builder]
+            spec = self.registry.graph(d.workflow, d.version).specs[d.builder]
             self.app.send_task(
                 task_name(d.workflow, d.builder),
-                kwargs={"instance": d.instance_id, "run": d.run, "attempt": d.token},
+                kwargs={"instance": d.instance_id, "run": d.run, "attempt": d.token,
+                        "version": d.version},
                 queue=spec.queue,
                 countdown=d.countdown or None,
             )
@@ -193,18 +267,28 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             instance = kwargs.pop("instance")
             run = kwargs.pop("run")
             attempt = kwargs.pop("attempt")
+            version = kwargs.pop("version", 1)
             if kwargs:
                 raise MessageRejected(f"unexpected arguments {sorted(kwargs)}")
-            if not isinstance(instance, str) or not isinstance(run, int) or \
-                    not isinstance(attempt, int) or isinstance(run, bool):
-                raise MessageRejected("instance must be a string, run and attempt integers")
+            ints = (run, attempt, version)
+            if not isinstance(instance, str) or not all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in ints):
+                raise MessageRejected("instance must be a string; run, attempt, version integers")
         except (KeyError, MessageRejected) as exc:
             log.error("polaris: rejected a message for %s.%s: %s", workflow, builder, exc)
             raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
-        queue = coordinator.registry.graph(workflow).specs[builder].queue
+        registry = coordinator.registry
+        spec = registry.graph(workflow, version).specs.get(builder) \
+            if version in registry.versions(workflow) else None
         try:
-            coordinator.execute(workflow, instance, run, builder, attempt, queue=queue,
-                                worker=task.request.hostname)
+            coordinator.execute(workflow, instance, run, builder, attempt,
+                                queue=spec.queue if spec else None,
+                                worker=task.request.hostname, version=version)
+        except UnknownVersion:
+            # Another worker runs that version (a deploy in progress): hand the message on.
+            log.info("polaris: %s v%s not here; passing %s run %s on", workflow, version,
+                     instance, run)
+            raise task.retry(countdown=1, max_retries=None) from None
         except PolarisError:
             log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
             raise
@@ -236,6 +320,8 @@ def _reconciler_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
             while not self._stop.wait(interval):
                 try:
                     executor.reconcile()
+                except StoreUnavailable as exc:
+                    log.warning("polaris: reconciler pass skipped: %s", exc)
                 except Exception:
                     log.exception("polaris: reconciler pass failed; retrying next period")
 

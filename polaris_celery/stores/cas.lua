@@ -10,7 +10,7 @@
 -- refuses to apply it to any other state. That is the fencing: a stale attempt, a second
 -- reconciler or a re-delivered message computed from an older version and is turned away.
 local WRITES = {HSET=1, HDEL=1, DEL=1, EXPIRE=1, PERSIST=1, RPUSH=1, LPUSH=1, LTRIM=1,
-                ZADD=1, ZREM=1, XADD=1, INCR=1}
+                ZADD=1, ZREM=1, XADD=1, INCR=1, SADD=1, SREM=1}
 local function conflict(v)
   return {0, v, redis.call('HGET', KEYS[1], 'doc') or '', redis.call('HKEYS', KEYS[2])}
 end

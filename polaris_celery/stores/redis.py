@@ -11,7 +11,9 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
     pc:{wf/id}:wake:N      LIST                              pushed once when run N settles
     pc:{wf/id}:log         STREAM                            one entry per builder attempt
     pc:{wf/id}:history     LIST                              summaries of settled runs
+    pc:{wf/id}:late        HASH  datum -> JSON               produced after the instance closed
     pc:index               ZSET  wf/id -> when to look       instances the reconciler watches
+    pc:live:wf:version     SET   instance ids               instances pinned to a version
 
 All writes of the distributed path go through one Lua script (`cas.lua`) that applies a list of
 writes only if the instance's version is still the one they were computed from.
@@ -68,9 +70,15 @@ class Keys:
         return f"{self.workflow}/{self.instance_id}"
 
     def __getattr__(self, kind: str) -> str:
-        if kind in ("data", "state", "lease", "deltas", "seq", "log", "history"):
+        if kind in ("data", "state", "lease", "deltas", "seq", "log", "history", "late"):
             return f"{self.tag}:{kind}"
         raise AttributeError(kind)
+
+    @property
+    def lasting(self) -> tuple[str, ...]:
+        """The keys that live as long as the instance (run results expire on their own)."""
+        return tuple(f"{self.tag}:{kind}" for kind in
+                     ("data", "state", "lease", "deltas", "seq", "log", "history", "late"))
 
     def run(self, run: int) -> str:
         return f"{self.tag}:run:{run}"
@@ -139,6 +147,7 @@ class RedisStore:
         redis_kwargs.setdefault("socket_timeout", 10.0)
         redis_kwargs.setdefault("socket_connect_timeout", 5.0)
         redis_kwargs.setdefault("health_check_interval", 30)
+        self._redis_kwargs = dict(redis_kwargs)
         # Typed as Any: redis-py's annotations cover str and bytes replies at once, and this
         # module (the only one talking to redis) decodes every reply itself.
         self.client: Any = redis.Redis.from_url(url, **redis_kwargs)
@@ -158,6 +167,32 @@ class RedisStore:
     @property
     def index_key(self) -> str:
         return f"{self.prefix}:index"
+
+    def live_key(self, workflow: str, version: int) -> str:
+        """The set of instances pinned to one workflow version (what blocks its retirement)."""
+        return f"{self.prefix}:live:{workflow}:{version}"
+
+    def live_instances(self, workflow: str, version: int) -> list[str]:
+        got = _wrap(lambda: self.client.smembers(self.live_key(workflow, version)), "reading")
+        return sorted(m.decode() for m in got)
+
+    def record_late(self, k: Keys, name: str, raw: bytes, fields: Mapping[str, Any]) -> None:
+        """Keep a datum that arrived after its instance was closed, apart from its data."""
+        def go() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(k.late, name, raw)
+            pipe.xadd(k.log, dict(fields), maxlen=1000, approximate=True)
+            pipe.execute()
+
+        _wrap(go, "recording late data")
+
+    def async_client(self) -> Any:
+        """A fresh asyncio client (use as `async with`), for waiting without blocking a thread."""
+        import redis.asyncio
+
+        kwargs = dict(self._redis_kwargs, socket_timeout=None)
+        kwargs.pop("health_check_interval", None)
+        return redis.asyncio.Redis.from_url(self.url, **kwargs)
 
     def ping(self) -> bool:
         return bool(_wrap(self.client.ping, "pinging"))
