@@ -439,8 +439,11 @@ def status(ctx: click.Context, key: str, instance_id: str, history: int, as_json
     now, out = s.read_at, _console()
     head = Text.assemble((f"{key}/{instance_id}", "bold"), "  ",
                          (s.state, f"bold {_outcome_style(s.state)}"),
-                         f"  version {s.version} · created {_when(s.created, now)}"
-                         f" · updated {_when(s.updated, now)}")
+                         f"  state v{s.version}"
+                         + (f" · workflow v{s.workflow_version}" if s.workflow_version else "")
+                         + f" · created {_when(s.created, now)}"
+                         f" · updated {_when(s.updated, now)}"
+                         + (f" · deadline {_when(s.deadline, now)}" if s.deadline else ""))
     out.print(head)
     has_target = any(d.is_target for d in s.data)
     out.print(f"target {s.target}: {'produced' if has_target else 'not yet'}"

@@ -138,6 +138,9 @@ class InstanceStatus:
     history: tuple[SettledRun, ...]
     absent_inputs: tuple[str, ...]  # inputs (data no builder produces) no delta brought yet
     read_at: float
+    closed: str = "open"  # "open", "cancelled" or "timed_out"
+    workflow_version: int = 0  # the workflow version the instance is pinned to (0: none)
+    deadline: float | None = None
 
     @property
     def exists(self) -> bool:
@@ -148,6 +151,8 @@ class InstanceStatus:
         """"running" while a run is in flight, else "completed", "paused" or "unknown"."""
         if not self.exists:
             return "unknown"
+        if self.closed != "open":
+            return self.closed
         if self.runs:
             return "running"
         return "completed" if self.completed else "paused"
@@ -325,6 +330,9 @@ def read_status(store: RedisStore, graph: Graph, instance_id: str, *,
         history=tuple(_history(history_raw)),
         absent_inputs=tuple(sorted(graph.inputs - set(names) - graph.transients)),
         read_at=time.time() if now is None else now,
+        closed=str(doc.get("status", "open")),
+        workflow_version=int(doc.get("version", 0)),
+        deadline=doc.get("deadline"),
     )
 
 
