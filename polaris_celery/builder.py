@@ -7,6 +7,7 @@ attributes, so a mistake surfaces at import time rather than when a message arri
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import types
@@ -52,22 +53,24 @@ class BuilderSpec:
     queue: str | None
     builder_cls: type[Builder]
 
-    @property
+    # Names are read on every frontier step: computed once per spec (cached_property writes the
+    # instance __dict__ directly, which a frozen dataclass allows).
+    @functools.cached_property
     def consume_names(self) -> tuple[str, ...]:
         return tuple(datum_name(t) for t in self.consumes)
 
-    @property
+    @functools.cached_property
     def trigger_names(self) -> tuple[str, ...]:
         """Data whose arrival can make this builder eligible: consumes and optionals."""
         return tuple(datum_name(t) for t in (*self.consumes, *self.optionals))
 
-    @property
+    @functools.cached_property
     def readable_names(self) -> tuple[str, ...]:
         """Everything the builder may read, in declaration order (consumes, optionals,
         accesses): the order its before-hook receives new inputs in."""
         return tuple(datum_name(t) for t in (*self.consumes, *self.optionals, *self.accesses))
 
-    @property
+    @functools.cached_property
     def produces_name(self) -> str:
         return datum_name(self.produces)
 

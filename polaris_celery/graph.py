@@ -177,10 +177,11 @@ def _rank(
     """Topological order of builders; an edge into a builder already on the DFS path closes a
     cycle and is ignored. DFS starts from builders fed only by inputs, in declaration order, so
     the edge chosen to break a cycle is the one that points back towards where data enters."""
+    position = {name: i for i, name in enumerate(specs)}
     parents: dict[str, list[str]] = {}
     for name, s in specs.items():
         ps = [producer[d] for d in s.trigger_names if d in producer and producer[d] != name]
-        parents[name] = sorted(set(ps), key=list(specs).index)
+        parents[name] = sorted(set(ps), key=position.__getitem__)
     children: dict[str, list[str]] = {n: [] for n in specs}
     for n, ps in parents.items():
         for p in ps:

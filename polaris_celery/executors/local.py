@@ -100,6 +100,9 @@ class Executor:
 
         def new_inputs(builder: str) -> frozenset[str]:
             # Computed on the driving thread: pool threads never read the mutable run state.
+            # Only the before-hook needs it.
+            if self.before is None:
+                return frozenset()
             return frozenset(n for n in graph.specs[builder].readable_names if n in run.new)
 
         if pool is None:
@@ -140,7 +143,8 @@ class Executor:
         names = spec.readable_names
         for n in range(1, spec.max_retries + 2):
             raw = self.registry.store.read_data(graph.key, instance_id, names)
-            raw.update({k: v for k, v in scratch.items() if k in names})
+            if scratch:
+                raw.update({k: v for k, v in scratch.items() if k in names})
             try:
                 inputs = codec.decode_many(graph, raw)
             except Exception as exc:
