@@ -54,7 +54,8 @@ class RunState:
     delta_id: str | None = None
     started: float = 0.0
     closed: str | None = None  # "cancelled" or "timed_out" when the instance was closed
-    _pending: int = 0  # bitmask of active | waiting; derived, never serialized
+    # Bitmasks of active | waiting builders per graph component; derived, never serialized.
+    _pending: dict[int, int] = field(default_factory=dict)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ class RunState:
     def dispatched(self, graph: Graph, builder: str, token: int) -> None:
         """Record that `builder` was handed out under attempt `token` (a retry re-dispatches)."""
         if builder not in self.active:
-            self._pending |= graph.bits[builder]
+            self._mark(graph, builder)
         self.active[builder] = token
 
     def finished(
@@ -130,13 +131,22 @@ class RunState:
 
     def _retire(self, graph: Graph, builder: str) -> None:
         if self.active.pop(builder, None) is not None:
-            self._pending &= ~graph.bits[builder]
+            self._unmark(graph, builder)
+
+    def _mark(self, graph: Graph, builder: str) -> None:
+        c = graph.component[builder]
+        self._pending[c] = self._pending.get(c, 0) | graph.bits[builder]
+
+    def _unmark(self, graph: Graph, builder: str) -> None:
+        c = graph.component[builder]
+        mask = self._pending.get(c, 0)
+        if mask & graph.bits[builder]:
+            self._pending[c] = mask ^ graph.bits[builder]
 
     def _recompute_pending(self, graph: Graph) -> None:
-        mask = 0
+        self._pending = {}
         for b in (*self.active, *self.waiting):
-            mask |= graph.bits[b]
-        self._pending = mask
+            self._mark(graph, b)
 
     def _advance(self, graph: Graph, changed: Iterable[str], present: Set[str]) -> list[str]:
         if self.stopped:
@@ -154,17 +164,16 @@ class RunState:
         for b in sorted(candidates, key=graph.rank.__getitem__):
             if b in self.done or b in self.active:
                 continue
-            bit = graph.bits[b]
-            if graph.ancestors[b] & self._pending:
+            if graph.ancestors[b] & self._pending.get(graph.component[b], 0):
                 # Something upstream is pending, so whatever b's inputs are now, b cannot run
                 # yet; its presence check is deferred until it is re-examined.
                 self.waiting.add(b)
-                self._pending |= bit
+                self._mark(graph, b)
             elif all(c in present for c in graph.specs[b].consume_names):
                 ready.append(b)  # pending until dispatched() makes it active (same bit)
-                self._pending |= bit
+                self._mark(graph, b)
             elif b in previously_waiting:
-                self._pending &= ~bit
+                self._unmark(graph, b)
         return ready
 
     # -- serialization (the distributed executor stores runs in Redis) --------------------------

@@ -6,9 +6,10 @@ compiler precomputes:
 
 - `consumers`: datum name -> builders it can trigger (consumes and optionals).
 - `rank`: a topological index over the graph with cycle-closing edges removed.
-- `ancestors`: per builder, a bitmask (a Python int indexed by rank) of the builders upstream
-  of it through consumes and optionals; testing "is any pending builder upstream of me?" is one
-  AND of two ints.
+- `ancestors`: per builder, a bitmask of the builders upstream of it through consumes and
+  optionals; testing "is any pending builder upstream of me?" is one AND of two ints. Bits are
+  numbered within each weakly connected component (`component`), in rank order, so the ints
+  are as wide as the component a run touches, not as the whole graph.
 
 Validation collects every problem and raises one GraphError listing them all.
 """
@@ -40,6 +41,7 @@ class Graph:
     inputs: frozenset[str]
     transients: frozenset[str]
     bits: Mapping[str, int] = field(repr=False, default_factory=dict)
+    component: Mapping[str, int] = field(repr=False, default_factory=dict)
 
     def spec(self, builder: str) -> BuilderSpec:
         return self.specs[builder]
@@ -48,6 +50,8 @@ class Graph:
         return self.consumers.get(datum, ())
 
     def is_upstream(self, maybe_ancestor: str, of: str) -> bool:
+        if self.component[maybe_ancestor] != self.component[of]:
+            return False
         return bool(self.ancestors[of] & self.bits[maybe_ancestor])
 
     @property
@@ -143,7 +147,13 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
 
     order = _rank(active, producer, builders)
     rank = {b: i for i, b in enumerate(order)}
-    bits = {name: 1 << i for name, i in rank.items()}
+    component = _components(active, producer)
+    next_bit: dict[int, int] = {}
+    bits: dict[str, int] = {}
+    for name in order:  # rank order within each component
+        c = component[name]
+        bits[name] = 1 << next_bit.get(c, 0)
+        next_bit[c] = next_bit.get(c, 0) + 1
     ancestors: dict[str, int] = {}
     for name in order:
         mask = 0
@@ -168,7 +178,29 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
         inputs=inputs,
         transients=transients,
         bits=bits,
+        component=component,
     )
+
+
+def _components(specs: Mapping[str, BuilderSpec], producer: Mapping[str, str]) -> dict[str, int]:
+    """Weakly connected components of the builder graph (union-find over producer edges)."""
+    parent = {name: name for name in specs}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for name, s in specs.items():
+        for d in s.trigger_names:
+            p = producer.get(d)
+            if p is not None and p in parent:
+                ra, rb = find(name), find(p)
+                if ra != rb:
+                    parent[ra] = rb
+    ids: dict[str, int] = {}
+    return {name: ids.setdefault(find(name), len(ids)) for name in specs}
 
 
 def _rank(
