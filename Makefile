@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check polaris_celery worker tests bench examples
+	$(BIN)/ruff check $(wildcard polaris_celery worker tests bench examples)
 
 typecheck: install
 	$(BIN)/mypy

@@ -27,23 +27,28 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import codec, faults
+from . import codec, faults, lifecycle, recovery
 from .errors import (
     BuilderFailed,
     ConfigurationError,
     InstanceClosed,
     InvalidInput,
     MessageRejected,
-    PolarisError,
     UnknownWorkflow,
-    VersionInUse,
     WaitTimeout,
 )
 from .frontier import BuilderError, RunState
 from .graph import Graph
+from .instance import (
+    Dispatch,
+    InstanceDoc,
+    Settings,
+    UnknownVersion,
+    lease_field,
+)
 from .invoke import AfterHook, BeforeHook, Outcome, attempt
 from .registry import Registry, check_instance_id
 from .result import RunResult
@@ -52,112 +57,6 @@ from .stores.redis import Keys, Ops, RedisStore, Snapshot, retry_unavailable
 log = logging.getLogger("polaris_celery")
 
 MAX_DELTA_ID = 200
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """One message to send: run `builder` of `run` under attempt `token`."""
-
-    workflow: str
-    instance_id: str
-    run: int
-    builder: str
-    token: int
-    countdown: float = 0.0
-    version: int = 1
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Timings and switches of the distributed executor (see the README's configuration table).
-
-    dispatch_timeout: a builder dispatched but not started within this many seconds is sent
-      again (covers a worker that died between its commit and its send, and lost messages).
-    lease_grace: added to a builder's time_limit to form the lease of a running attempt; a
-      lease that expires counts as a failed attempt and the builder is re-dispatched.
-    inline: a builder whose completion leaves exactly one runnable successor bound for the same
-      queue runs that successor in the same worker, saving a broker hop.
-    result_ttl: how long a settled run's outcome and produced data stay readable.
-    retention: seconds a completed instance's keys live after its last run settles (None: kept).
-    reconcile_interval: how often each worker runs the reconciler.
-    """
-
-    dispatch_timeout: float = 30.0
-    lease_grace: float = 10.0
-    inline: bool = True
-    result_ttl: int = 86400
-    retention: int | None = None
-    reconcile_interval: float = 5.0
-    history: int = 50
-    log_length: int = 1000
-    max_datum_bytes: int = codec.DEFAULT_MAX_DATUM_BYTES
-
-
-@dataclass
-class InstanceDoc:
-    """An instance's coordination state: the runs still in flight, whether it completed, the
-    workflow version it is pinned to, and whether it is open, cancelled or timed out."""
-
-    next_run: int = 0
-    runs: dict[int, RunState] = field(default_factory=dict)
-    completed: bool = False
-    created: float = 0.0
-    updated: float = 0.0
-    version: int = 0  # 0: not pinned (new, or completed with nothing in flight)
-    status: str = "open"  # "open", "cancelled" or "timed_out"
-    deadline: float | None = None
-
-    @staticmethod
-    def version_of(snap: Snapshot) -> int:
-        return int(json.loads(snap.doc).get("version", 0)) if snap.doc else 0
-
-    @classmethod
-    def load(cls, graph: Graph, snap: Snapshot) -> InstanceDoc:
-        if not snap.doc:
-            return cls()
-        d = json.loads(snap.doc)
-        return cls(
-            next_run=d["next"],
-            runs={int(r["id"]): RunState.from_json(graph, r) for r in d["runs"]},
-            completed=d["completed"],
-            created=d.get("created", 0.0),
-            updated=d.get("updated", 0.0),
-            version=d.get("version", 0),
-            status=d.get("status", "open"),
-            deadline=d.get("deadline"),
-        )
-
-    @property
-    def pinned(self) -> bool:
-        """An instance stays on its version until it completes with nothing in flight."""
-        return self.version > 0 and not (self.completed and not self.runs)
-
-    def dump(self) -> str:
-        d: dict[str, Any] = {
-            "next": self.next_run,
-            "runs": [r.to_json() for r in self.runs.values()],
-            "completed": self.completed,
-            "created": self.created,
-            "updated": self.updated,
-            "version": self.version,
-            "status": self.status,
-        }
-        if self.deadline is not None:
-            d["deadline"] = self.deadline
-        return json.dumps(d, separators=(",", ":"))
-
-
-def lease_field(run: int, builder: str) -> str:
-    return f"{run}/{builder}"
-
-
-def parse_lease(value: str) -> tuple[int, str, float]:
-    token, state, deadline = value.split("|")
-    return int(token), state, float(deadline)
-
-
-class UnknownVersion(PolarisError):
-    """A message for a workflow version this process does not have (another worker may)."""
 
 
 @dataclass
@@ -563,105 +462,6 @@ class Coordinator:
             for key in k.lasting:
                 ops.add("EXPIRE", key, self.settings.retention)
 
-    # -- recovery -----------------------------------------------------------------------------
-
-    def reconcile(self, limit: int = 200) -> dict[str, int]:
-        """One pass of the reconciler over instances due for a look. Safe to run anywhere, any
-        number of times at once: every change is a fenced CAS, and only its winner sends."""
-        counts = {"instances": 0, "resent": 0, "expired": 0, "closed": 0}
-        now = time.time()
-        for member in self.store.due(now, limit):
-            workflow, _, instance_id = member.partition("/")
-            if workflow not in self.registry:
-                continue
-            counts["instances"] += 1
-            try:
-                self._reconcile_instance(workflow, self.store.keys(workflow, instance_id), counts)
-            except UnknownVersion:
-                pass  # pinned to a version this process lacks: a worker that has it reconciles
-            except Exception:
-                log.exception("polaris: reconciling %s failed; will retry", member)
-        return counts
-
-    def _reconcile_instance(self, workflow: str, k: Keys, counts: dict[str, int]) -> None:
-        snap, _ = self.store.snapshot(k)
-        leases = self.store.leases(k)
-        version = InstanceDoc.version_of(snap)
-        if version and version not in self.registry.versions(workflow):
-            raise UnknownVersion(f"{workflow} v{version}")
-        graph = self._graph(workflow, version)
-        doc = InstanceDoc.load(graph, snap)
-        now = time.time()
-        ops = Ops(k.state, k.data)
-        dispatches: list[Dispatch] = []
-        next_look = float("inf")
-        changed = False
-        if doc.status == "open" and doc.deadline is not None and not doc.completed:
-            if now >= doc.deadline:
-                counts["timed_out"] = counts.get("timed_out", 0) + 1
-                self._close(graph, k, doc, ops, now, "timed_out")
-                doc.updated = now
-                ops.hset(k.state, {"v": snap.version + 1, "doc": doc.dump()})
-                self.store.cas(ops, snap.version)
-                return
-            next_look = doc.deadline
-        for run in list(doc.runs.values()):
-            for builder, token in list(run.active.items()):
-                fld = lease_field(run.id, builder)
-                value = leases.pop(fld, None)
-                if value is not None:
-                    ltoken, state, deadline = parse_lease(value)
-                    if ltoken == token and deadline > now:
-                        next_look = min(next_look, deadline)
-                        continue
-                    ops.add("EXPECT", k.lease, fld, value)
-                else:
-                    ltoken, state = token, "q"
-                    ops.add("EXPECT", k.lease, fld, "")
-                changed = True
-                if state == "q" or ltoken != token:
-                    # Dispatched but never started: the message was lost or never sent.
-                    deadline = now + self.settings.dispatch_timeout
-                    ops.hset(k.lease, {fld: f"{token}|q|{deadline:.3f}"})
-                    next_look = min(next_look, deadline)
-                    dispatches.append(Dispatch(graph.key, k.instance_id, run.id, builder, token,
-                                               version=graph.version))
-                    counts["resent"] += 1
-                else:
-                    # Running past its lease: the worker died or the builder overran time_limit.
-                    counts["expired"] += 1
-                    ops.add("HDEL", k.lease, fld)
-                    limit = graph.specs[builder].time_limit
-                    err = BuilderError(builder, "LeaseExpired",
-                                       f"attempt {token} held no live lease (worker lost, or "
-                                       f"over its time_limit of {limit}s)")
-                    dispatches += self._failed_attempt(graph, k, run, builder, token, err, ops, now)
-                    ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*",
-                            "ev", "builder", "run", run.id, "b", builder, "attempt", token,
-                            "at", f"{now:.6f}", "secs", "0", "result", "error:LeaseExpired",
-                            "by", self.worker_name)
-            if run.settled:
-                self._place(graph, k, doc, run, ops, now, empty_delta=False,
-                            present=set(snap.names))
-                counts["closed"] += 1
-                changed = True
-        for orphan in leases:  # leases of builders no run has active any more
-            ops.add("HDEL", k.lease, orphan)
-            changed = True
-        if doc.runs or next_look != float("inf"):
-            when = next_look if next_look != float("inf") else now + self.settings.dispatch_timeout
-            ops.add("ZADD", self.store.index_key, f"{when:.3f}", k.member)
-        else:
-            ops.add("ZREM", self.store.index_key, k.member)
-        if changed:
-            doc.updated = now
-            ops.hset(k.state, {"v": snap.version + 1, "doc": doc.dump()})
-        ok, _ = self.store.cas(ops, snap.version)
-        if ok and dispatches:
-            self.send(dispatches)
-
-    # -- the life of an instance ---------------------------------------------------------------
-
     def _graph(self, workflow: str, version: int) -> Graph:
         """The graph of `version` (0: the newest), or a clear error naming what is missing."""
         if not version:
@@ -683,124 +483,23 @@ class Coordinator:
         graph = self._graph(workflow, version)
         return graph, InstanceDoc.load(graph, snap)
 
-    def _close(self, graph: Graph, k: Keys, doc: InstanceDoc, ops: Ops, now: float,
-               status: str) -> None:
-        """Close every run in flight as `status` and mark the instance so; nothing more runs.
-        Attempts still running find their commit refused and keep their datum aside (late)."""
-        doc.status = status
-        ops.add("DEL", k.lease)
-        if not doc.runs:
-            self._place_closed(graph, k, doc, ops)
-        for run in list(doc.runs.values()):  # the last one closed does what _place_closed does
-            run.close(graph, status)
-            self._place(graph, k, doc, run, ops, now, empty_delta=False, present=set())
+    # -- recovery and the life of an instance (see recovery.py and lifecycle.py) -------------
 
-    def _place_closed(self, graph: Graph, k: Keys, doc: InstanceDoc, ops: Ops) -> None:
-        if doc.version:
-            ops.add("SREM", self.store.live_key(graph.key, doc.version), k.instance_id)
-        ops.add("ZREM", self.store.index_key, k.member)
-        if self.settings.retention is not None:
-            for key in k.lasting:
-                ops.add("EXPIRE", key, self.settings.retention)
-
-    def _mutate(self, workflow: str, instance_id: str,
-                change: Callable[[Graph, InstanceDoc, Ops, Snapshot, float], bool]) -> bool:
-        """Apply `change` to the instance under the fenced CAS; False if it changed nothing."""
-        check_instance_id(instance_id)
-        self.registry.graph(workflow)
-        k = self.store.keys(workflow, instance_id)
-        while True:
-            snap, _ = self.store.snapshot(k)
-            graph, doc = self._load(workflow, snap)
-            ops = Ops(k.state, k.data)
-            now = time.time()
-            if not change(graph, doc, ops, snap, now):
-                return False
-            doc.updated = now
-            ops.hset(k.state, {"v": snap.version + 1, "doc": doc.dump()})
-            ok, _ = self.store.cas(ops, snap.version)
-            if ok:
-                return True
+    def reconcile(self, limit: int = 200) -> dict[str, int]:
+        """One reconciler pass; safe anywhere, any number of times at once."""
+        return recovery.reconcile(self, limit)
 
     def cancel(self, workflow: str, instance_id: str) -> bool:
-        """Cancel the instance: nothing more runs; runs in flight end "cancelled"; builders still
-        running may finish, and what they produce is kept apart as late data. Further deltas
-        are refused until a restart. Returns False if it was not open."""
-        k = self.store.keys(workflow, instance_id)
-
-        def change(graph: Graph, doc: InstanceDoc, ops: Ops, snap: Snapshot, now: float) -> bool:
-            if doc.status != "open" or not snap.doc:
-                return False
-            self._close(graph, k, doc, ops, now, "cancelled")
-            return True
-
-        return self._mutate(workflow, instance_id, change)
+        return lifecycle.cancel(self, workflow, instance_id)
 
     def restart(self, workflow: str, instance_id: str, keep_data: bool = True) -> int | None:
-        """Start the instance again from the beginning, on the newest version.
-
-        Runs in flight are cancelled. With `keep_data` its input data (those no builder
-        produces) are submitted again as a new delta, so every builder runs afresh: returns
-        that run. Without, all its data are dropped and it waits for new deltas: returns None.
-        """
-        k = self.store.keys(workflow, instance_id)
-        inputs: dict[str, bytes] = {}
-
-        def change(graph: Graph, doc: InstanceDoc, ops: Ops, snap: Snapshot, now: float) -> bool:
-            if doc.status == "open" and doc.runs:
-                self._close(graph, k, doc, ops, now, "cancelled")
-            elif doc.version:
-                ops.add("SREM", self.store.live_key(graph.key, doc.version), k.instance_id)
-            ops.add("DEL", k.lease)
-            ops.add("ZREM", self.store.index_key, k.member)
-            for key in k.lasting:
-                ops.add("PERSIST", key)
-            doc.runs.clear()
-            doc.status, doc.completed, doc.version, doc.deadline = "open", False, 0, None
-            inputs.clear()
-            if keep_data:
-                inputs.update(self.store.read_data(workflow, instance_id, graph.inputs))
-            else:
-                ops.add("DEL", k.data)
-            ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*", "ev", "restart",
-                    "run", doc.next_run, "at", f"{now:.6f}", "by", self.worker_name)
-            return True
-
-        self._mutate(workflow, instance_id, change)
-        if not keep_data or not inputs:
-            return None
-        graph = self.registry.graph(workflow)
-        data = [codec.decode(graph, n, raw) for n, raw in sorted(inputs.items())
-                if n in graph.types]
-        return self.submit(workflow, instance_id, data)
+        return lifecycle.restart(self, workflow, instance_id, keep_data)
 
     def delete(self, workflow: str, instance_id: str) -> None:
-        """Remove the instance and everything it holds (run results expire on their own)."""
-        k = self.store.keys(workflow, instance_id)
-
-        def change(graph: Graph, doc: InstanceDoc, ops: Ops, snap: Snapshot, now: float) -> bool:
-            for key in k.lasting:
-                if key != k.state:
-                    ops.add("DEL", key)
-            if doc.version:
-                ops.add("SREM", self.store.live_key(graph.key, doc.version), k.instance_id)
-            ops.add("ZREM", self.store.index_key, k.member)
-            # The state survives as a tombstone for a while: its version and run counter keep
-            # climbing, so an attempt from before the delete can never match a later state.
-            ops.add("EXPIRE", k.state, self.settings.result_ttl)
-            doc.runs.clear()
-            doc.completed, doc.version, doc.status, doc.deadline = False, 0, "open", None
-            doc.created = 0.0
-            return True
-
-        self._mutate(workflow, instance_id, change)
+        lifecycle.delete(self, workflow, instance_id)
 
     def retire(self, workflow: str, version: int) -> None:
-        """Forget `version` of `workflow` in this process, once no live instance runs on it;
-        raises VersionInUse naming the instances otherwise."""
-        if version not in self.registry.versions(workflow):
-            raise UnknownWorkflow(f"{workflow} v{version}")
-        live = self.store.live_instances(workflow, version)
-        if live:
-            raise VersionInUse(workflow, version, live)
-        self.registry.unregister(workflow, version)
+        lifecycle.retire(self, workflow, version)
+
+
+__all__ = ["Coordinator", "Dispatch", "InstanceDoc", "Settings", "UnknownVersion"]

@@ -20,8 +20,9 @@ from pydantic import BaseModel
 
 from .. import faults
 from ..builder import BuilderSpec
-from ..coordinator import Coordinator, Dispatch, Settings, UnknownVersion
+from ..coordinator import Coordinator
 from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
+from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
 from ..registry import Registry
 from ..result import RunResult

@@ -1,0 +1,125 @@
+"""An instance's coordination state in Redis, and the small value types around it.
+
+`InstanceDoc` is the JSON document kept at `pc:{wf/id}:state`: the runs in flight (each a
+`RunState` from the shared core), whether the instance completed, the workflow version it is
+pinned to, and whether it is open, cancelled or timed out. Leases (`token|q|deadline` while
+queued, `token|r|deadline` while running) live beside it, one hash field per dispatched builder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .errors import PolarisError
+from .frontier import RunState
+from .graph import Graph
+from .stores.redis import Snapshot
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message to send: run `builder` of `run` under attempt `token`."""
+
+    workflow: str
+    instance_id: str
+    run: int
+    builder: str
+    token: int
+    countdown: float = 0.0
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Timings and switches of the distributed executor (see the README's configuration table).
+
+    dispatch_timeout: a builder dispatched but not started within this many seconds is sent
+      again (covers a worker that died between its commit and its send, and lost messages).
+    lease_grace: added to a builder's time_limit to form the lease of a running attempt; a
+      lease that expires counts as a failed attempt and the builder is re-dispatched.
+    inline: a builder whose completion leaves exactly one runnable successor bound for the same
+      queue runs that successor in the same worker, saving a broker hop.
+    result_ttl: how long a settled run's outcome and produced data stay readable.
+    retention: seconds a completed instance's keys live after its last run settles (None: kept).
+    reconcile_interval: how often each worker runs the reconciler.
+    """
+
+    dispatch_timeout: float = 30.0
+    lease_grace: float = 10.0
+    inline: bool = True
+    result_ttl: int = 86400
+    retention: int | None = None
+    reconcile_interval: float = 5.0
+    history: int = 50
+    log_length: int = 1000
+    max_datum_bytes: int = codec.DEFAULT_MAX_DATUM_BYTES
+
+
+@dataclass
+class InstanceDoc:
+    """An instance's coordination state: the runs still in flight, whether it completed, the
+    workflow version it is pinned to, and whether it is open, cancelled or timed out."""
+
+    next_run: int = 0
+    runs: dict[int, RunState] = field(default_factory=dict)
+    completed: bool = False
+    created: float = 0.0
+    updated: float = 0.0
+    version: int = 0  # 0: not pinned (new, or completed with nothing in flight)
+    status: str = "open"  # "open", "cancelled" or "timed_out"
+    deadline: float | None = None
+
+    @staticmethod
+    def version_of(snap: Snapshot) -> int:
+        return int(json.loads(snap.doc).get("version", 0)) if snap.doc else 0
+
+    @classmethod
+    def load(cls, graph: Graph, snap: Snapshot) -> InstanceDoc:
+        if not snap.doc:
+            return cls()
+        d = json.loads(snap.doc)
+        return cls(
+            next_run=d["next"],
+            runs={int(r["id"]): RunState.from_json(graph, r) for r in d["runs"]},
+            completed=d["completed"],
+            created=d.get("created", 0.0),
+            updated=d.get("updated", 0.0),
+            version=d.get("version", 0),
+            status=d.get("status", "open"),
+            deadline=d.get("deadline"),
+        )
+
+    @property
+    def pinned(self) -> bool:
+        """An instance stays on its version until it completes with nothing in flight."""
+        return self.version > 0 and not (self.completed and not self.runs)
+
+    def dump(self) -> str:
+        d: dict[str, Any] = {
+            "next": self.next_run,
+            "runs": [r.to_json() for r in self.runs.values()],
+            "completed": self.completed,
+            "created": self.created,
+            "updated": self.updated,
+            "version": self.version,
+            "status": self.status,
+        }
+        if self.deadline is not None:
+            d["deadline"] = self.deadline
+        return json.dumps(d, separators=(",", ":"))
+
+
+def lease_field(run: int, builder: str) -> str:
+    return f"{run}/{builder}"
+
+
+def parse_lease(value: str) -> tuple[int, str, float]:
+    token, state, deadline = value.split("|")
+    return int(token), state, float(deadline)
+
+
+class UnknownVersion(PolarisError):
+    """A message for a workflow version this process does not have (another worker may)."""
