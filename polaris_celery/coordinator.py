@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,8 @@ from .instance import (
     Settings,
     UnknownVersion,
     lease_field,
+    queued_lease,
+    running_lease,
 )
 from .invoke import AfterHook, BeforeHook, Outcome, attempt
 from .registry import Registry, check_instance_id
@@ -57,6 +60,22 @@ from .stores.redis import Keys, Ops, RedisStore, Snapshot, retry_unavailable
 log = logging.getLogger("polaris_celery")
 
 MAX_DELTA_ID = 200
+
+
+def task_budget(time_limit: float) -> float:
+    """The time a delivered task may take: its builder's time_limit, and as much again for
+    successors run inline in it. Celery's soft time limit for the task is set to this."""
+    return 2 * time_limit
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One delivered task: its claim id, queue, worker name, and when its time is up."""
+
+    claim: str
+    queue: str | None
+    by: str
+    budget_ends: float
 
 
 @dataclass
@@ -168,7 +187,7 @@ class Coordinator:
             if self.settings.retention is not None:
                 for key in k.lasting:
                     ops.add("PERSIST", key)
-            dispatches, _ = self._dispatch(graph, k, run, ready, ops, now, inline=False)
+            dispatches, _ = self._dispatch(graph, k, run, ready, ops, now)
             ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*",
                     "ev", "delta", "run", run.id, "data", ",".join(sorted(delta)),
                     "at", f"{now:.6f}", "by", self.worker_name)
@@ -252,20 +271,25 @@ class Coordinator:
             raise MessageRejected(f"no builder {builder!r} in workflow {workflow!r} v{version}")
         spec = graph.specs[builder]
         k = self.store.keys(workflow, instance_id)
-        status, snap, raw = self.store.begin(
-            k, lease_field(run, builder), token, self._running_lease(token, spec.time_limit),
+        now = time.time()
+        task = _Task(claim=uuid.uuid4().hex[:16], queue=queue,
+                     by=f"{worker or socket.gethostname()}/{os.getpid()}",
+                     budget_ends=now + task_budget(spec.time_limit))
+        lease = running_lease(token, now + spec.time_limit + self.settings.lease_grace,
+                              task.claim)
+        status, snap, raw = retry_unavailable(lambda: self.store.begin(
+            k, lease_field(run, builder), token, lease, task.claim,
             *self._input_names(graph, builder), run,
-        )
+        ))
         if status != "ok" or snap is None:
             log.info("polaris: skipped %s/%s run %s %s attempt %s: %s",
                      workflow, instance_id, run, builder, token, status)
             return
         claimed: _Claimed | None = _Claimed(graph, k, run, builder, token, snap, raw)
-        by = f"{worker or socket.gethostname()}/{os.getpid()}"
         while claimed is not None:
-            claimed = self._run_claimed(claimed, queue, by)
+            claimed = self._run_claimed(claimed, task)
 
-    def _run_claimed(self, c: _Claimed, queue: str | None, by: str) -> _Claimed | None:
+    def _run_claimed(self, c: _Claimed, task: _Task) -> _Claimed | None:
         graph, spec = c.graph, c.graph.specs[c.builder]
         if InstanceDoc.version_of(c.snap) != graph.version:
             return None
@@ -284,14 +308,16 @@ class Coordinator:
                 run=c.run, attempt_no=c.token, before=self.before, after=self.after,
             )
         faults.point("before_commit")
-        return retry_unavailable(lambda: self._commit(c, out, started, queue, by))
+        return retry_unavailable(lambda: self._commit(c, out, started, task))
 
-    def _commit(self, c: _Claimed, out: Outcome, started: float, queue: str | None, by: str
+    def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task
                 ) -> _Claimed | None:
         graph, k = c.graph, c.keys
         spec = graph.specs[c.builder]
         snap = c.snap
         produced_raw = codec.encode(out.produced) if out.produced is not None else None
+        # Names this commit, so a retry after a lost reply recognises it as already applied.
+        op = f"{task.claim}/{c.run}/{c.builder}/{c.token}"
         while True:
             if InstanceDoc.version_of(snap) != graph.version:
                 return None  # the instance was deleted or restarted on another version
@@ -302,7 +328,7 @@ class Coordinator:
                     self.store.record_late(k, spec.produces_name, produced_raw, {
                         "ev": "late", "run": c.run, "b": c.builder, "attempt": c.token,
                         "at": f"{started:.6f}", "secs": f"{out.seconds:.6f}",
-                        "result": spec.produces_name, "by": by})
+                        "result": spec.produces_name, "by": task.by})
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
                          c.token, c.builder, k.member, c.run)
                 return None
@@ -326,38 +352,51 @@ class Coordinator:
                                                    out.error, ops, now)
                 ready = []
                 result = f"error:{out.error.type}"
+            # Inline only if the successor's whole time_limit fits in what is left of the task's
+            # budget: Celery's time limits count from the task's start, not the successor's.
             allow_inline = (self.settings.inline and len(ready) == 1
-                            and graph.specs[ready[0]].queue == queue)
-            sent, inline = self._dispatch(graph, k, run, ready, ops, now, inline=allow_inline)
+                            and graph.specs[ready[0]].queue == task.queue
+                            and now + graph.specs[ready[0]].time_limit <= task.budget_ends)
+            sent, inline = self._dispatch(graph, k, run, ready, ops, now,
+                                          inline_claim=task.claim if allow_inline else None)
             dispatches += sent
             ops.add("XADD", k.log, "MAXLEN", "~", self.settings.log_length, "*",
                     "ev", "builder", "run", c.run, "b", c.builder, "attempt", c.token,
                     "at", f"{started:.6f}", "secs", f"{out.seconds:.6f}", "result", result,
-                    "by", by)
+                    "by", task.by)
             self._place(graph, k, doc, run, ops, now, empty_delta=False, present=present)
             new_doc = doc.dump()
-            ops.hset(k.state, {"v": snap.version + 1, "doc": new_doc})
+            ops.hset(k.state, {"v": snap.version + 1, "doc": new_doc, "op": op})
             ok, reply = self.store.cas(ops, snap.version)
-            if not ok:
+            reads: list[Any] | None = None
+            if ok:
+                assert isinstance(reply, list)
+                reads = reply
+            else:
                 assert isinstance(reply, Snapshot)
-                snap = reply
-                continue
+                if reply.op != op or reply.version != snap.version + 1:
+                    snap = reply
+                    continue
+                # Ours, applied, but its reply was lost: carry on as applied.
             faults.point("after_commit")
+            if out.error is not None:
+                self._log_failure(k, run, c.builder, c.token, out.error)
             if dispatches:
                 self.send(dispatches)
             if inline is None:
                 return None
-            assert isinstance(reply, list)
             names = self._input_names(graph, inline)
-            raw = {n: v for n, v in zip(names[0], reply[0], strict=False) if v is not None}
-            raw.update({n: v for n, v in zip(names[1], reply[1], strict=False) if v is not None})
-            next_snap = Snapshot(snap.version + 1, new_doc, present - graph.transients)
+            if reads is None:  # the reads went with the lost reply: read them again
+                raw = self.store.read_data(k.workflow, k.instance_id, names[0])
+                raw.update(self.store.read_run(k, c.run, names[1]))
+            else:
+                raw = {n: v for n, v in zip(names[0], reads[0], strict=False) if v is not None}
+                raw.update({n: v for n, v in zip(names[1], reads[1], strict=False)
+                            if v is not None})
+            next_snap = Snapshot(snap.version + 1, new_doc, present - graph.transients, op)
             return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
 
     # -- shared steps -------------------------------------------------------------------------
-
-    def _running_lease(self, token: int, time_limit: float) -> str:
-        return f"{token}|r|{time.time() + time_limit + self.settings.lease_grace:.3f}"
 
     @staticmethod
     def _input_names(graph: Graph, builder: str) -> tuple[list[str], list[str]]:
@@ -367,7 +406,7 @@ class Coordinator:
 
     def _dispatch(
         self, graph: Graph, k: Keys, run: RunState, ready: list[str], ops: Ops, now: float,
-        *, inline: bool,
+        *, inline_claim: str | None = None,
     ) -> tuple[list[Dispatch], str | None]:
         """Mark `ready` builders dispatched (attempt 1) with their leases, in `ops`.
 
@@ -377,10 +416,11 @@ class Coordinator:
         out: list[Dispatch] = []
         for b in ready:
             run.dispatched(graph, b, 1)
-            if inline:
+            if inline_claim is not None:
                 spec = graph.specs[b]
                 deadline = now + spec.time_limit + self.settings.lease_grace
-                ops.hset(k.lease, {lease_field(run.id, b): f"1|r|{deadline:.3f}"})
+                ops.hset(k.lease, {lease_field(run.id, b): running_lease(1, deadline,
+                                                                         inline_claim)})
                 data_names, run_names = self._input_names(graph, b)
                 # cas.lua's HMGET needs at least one field; a dummy one reads back as nil.
                 ops.add("HMGET", k.data, *(data_names or ["\x00"]))
@@ -388,7 +428,7 @@ class Coordinator:
                 self._index(k, ops, deadline)
                 return out, b
             deadline = now + self.settings.dispatch_timeout
-            ops.hset(k.lease, {lease_field(run.id, b): f"1|q|{deadline:.3f}"})
+            ops.hset(k.lease, {lease_field(run.id, b): queued_lease(1, deadline)})
             self._index(k, ops, deadline)
             out.append(Dispatch(graph.key, k.instance_id, run.id, b, 1, version=graph.version))
         return out, None
@@ -403,16 +443,23 @@ class Coordinator:
             delay = spec.backoff(token)
             run.dispatched(graph, builder, token + 1)
             deadline = now + delay + self.settings.dispatch_timeout
-            ops.hset(k.lease, {lease_field(run.id, builder): f"{token + 1}|q|{deadline:.3f}"})
+            ops.hset(k.lease, {lease_field(run.id, builder): queued_lease(token + 1, deadline)})
             self._index(k, ops, deadline)
-            log.warning("polaris: %s in %s run %s failed attempt %s (%s: %s); retrying in %.1fs",
-                        builder, k.member, run.id, token, error.type, error.message, delay)
             return [Dispatch(graph.key, k.instance_id, run.id, builder, token + 1, delay,
                              version=graph.version)]
-        log.error("polaris: %s in %s run %s failed for good after %s attempt(s): %s: %s",
-                  builder, k.member, run.id, token, error.type, error.message)
         run.failed_for_good(graph, builder, error)
         return []
+
+    @staticmethod
+    def _log_failure(k: Keys, run: RunState, builder: str, token: int,
+                     error: BuilderError) -> None:
+        """Log a failed attempt once its outcome is committed (retried, or dead)."""
+        if builder not in run.active:  # a retry re-dispatches it; a dead builder is retired
+            log.error("polaris: %s in %s run %s failed for good after %s attempt(s): %s: %s",
+                      builder, k.member, run.id, token, error.type, error.message)
+        else:
+            log.warning("polaris: %s in %s run %s failed attempt %s (%s: %s); retrying",
+                        builder, k.member, run.id, token, error.type, error.message)
 
     def _index(self, k: Keys, ops: Ops, when: float) -> None:
         ops.add("ZADD", self.store.index_key, "LT", f"{when:.3f}", k.member)

@@ -2,8 +2,9 @@
 
 `InstanceDoc` is the JSON document kept at `pc:{wf/id}:state`: the runs in flight (each a
 `RunState` from the shared core), whether the instance completed, the workflow version it is
-pinned to, and whether it is open, cancelled or timed out. Leases (`token|q|deadline` while
-queued, `token|r|deadline` while running) live beside it, one hash field per dispatched builder.
+pinned to, and whether it is open, cancelled or timed out. Leases live beside it, one hash
+field per dispatched builder: `token|q|deadline|resends` while queued, `token|r|deadline|claim`
+while running (the claim names the one `execute` call holding it).
 """
 
 from __future__ import annotations
@@ -116,9 +117,29 @@ def lease_field(run: int, builder: str) -> str:
     return f"{run}/{builder}"
 
 
-def parse_lease(value: str) -> tuple[int, str, float]:
-    token, state, deadline = value.split("|")
-    return int(token), state, float(deadline)
+@dataclass(frozen=True)
+class Lease:
+    token: int
+    state: str  # "q" (dispatched, not started) or "r" (running)
+    deadline: float
+    tag: str  # resends so far while queued; the claim id while running
+
+    @property
+    def resends(self) -> int:
+        return int(self.tag) if self.state == "q" and self.tag.isdigit() else 0
+
+
+def parse_lease(value: str) -> Lease:
+    token, state, deadline, *tag = value.split("|", 3)
+    return Lease(int(token), state, float(deadline), tag[0] if tag else "")
+
+
+def queued_lease(token: int, deadline: float, resends: int = 0) -> str:
+    return f"{token}|q|{deadline:.3f}|{resends}"
+
+
+def running_lease(token: int, deadline: float, claim: str) -> str:
+    return f"{token}|r|{deadline:.3f}|{claim}"
 
 
 class UnknownVersion(PolarisError):

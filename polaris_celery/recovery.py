@@ -15,14 +15,24 @@ import time
 from typing import TYPE_CHECKING
 
 from . import lifecycle
-from .frontier import BuilderError
-from .instance import Dispatch, InstanceDoc, UnknownVersion, lease_field, parse_lease
+from .frontier import BuilderError, RunState
+from .instance import (
+    Dispatch,
+    InstanceDoc,
+    UnknownVersion,
+    lease_field,
+    parse_lease,
+    queued_lease,
+)
 from .stores.redis import Keys, Ops
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
 log = logging.getLogger("polaris_celery")
+
+#: The longest wait between two re-sends of one queued builder (seconds).
+MAX_RESEND_WAIT = 600.0
 
 
 def reconcile(c: Coordinator, limit: int = 200) -> dict[str, int]:
@@ -55,6 +65,7 @@ def _reconcile_instance(c: Coordinator, workflow: str, k: Keys, counts: dict[str
     now = time.time()
     ops = Ops(k.state, k.data)
     dispatches: list[Dispatch] = []
+    failures: list[tuple[RunState, str, int, BuilderError]] = []
     next_look = float("inf")
     changed = False
     if doc.status == "open" and doc.deadline is not None and not doc.completed:
@@ -70,20 +81,23 @@ def _reconcile_instance(c: Coordinator, workflow: str, k: Keys, counts: dict[str
         for builder, token in list(run.active.items()):
             fld = lease_field(run.id, builder)
             value = leases.pop(fld, None)
-            if value is not None:
-                ltoken, state, deadline = parse_lease(value)
-                if ltoken == token and deadline > now:
-                    next_look = min(next_look, deadline)
+            lease = parse_lease(value) if value is not None else None
+            if lease is not None:
+                if lease.token == token and lease.deadline > now:
+                    next_look = min(next_look, lease.deadline)
                     continue
                 ops.add("EXPECT", k.lease, fld, value)
             else:
-                ltoken, state = token, "q"
                 ops.add("EXPECT", k.lease, fld, "")
             changed = True
-            if state == "q" or ltoken != token:
-                # Dispatched but never started: the message was lost or never sent.
-                deadline = now + c.settings.dispatch_timeout
-                ops.hset(k.lease, {fld: f"{token}|q|{deadline:.3f}"})
+            if lease is None or lease.state == "q" or lease.token != token:
+                # Dispatched but not started: the message was lost or never sent, or it is
+                # still queued behind a backlog. Either way send it again, but back off per
+                # resend so that a long backlog is not fed a copy every period.
+                resends = lease.resends + 1 if lease is not None else 0
+                wait = min(c.settings.dispatch_timeout * 2 ** resends, MAX_RESEND_WAIT)
+                deadline = now + wait
+                ops.hset(k.lease, {fld: queued_lease(token, deadline, resends)})
                 next_look = min(next_look, deadline)
                 dispatches.append(Dispatch(graph.key, k.instance_id, run.id, builder, token,
                                            version=graph.version))
@@ -97,6 +111,7 @@ def _reconcile_instance(c: Coordinator, workflow: str, k: Keys, counts: dict[str
                                    f"attempt {token} held no live lease (worker lost, or "
                                    f"over its time_limit of {limit}s)")
                 dispatches += c._failed_attempt(graph, k, run, builder, token, err, ops, now)
+                failures.append((run, builder, token, err))
                 ops.add("XADD", k.log, "MAXLEN", "~", c.settings.log_length, "*",
                         "ev", "builder", "run", run.id, "b", builder, "attempt", token,
                         "at", f"{now:.6f}", "secs", "0", "result", "error:LeaseExpired",
@@ -118,5 +133,8 @@ def _reconcile_instance(c: Coordinator, workflow: str, k: Keys, counts: dict[str
         doc.updated = now
         ops.hset(k.state, {"v": snap.version + 1, "doc": doc.dump()})
     ok, _ = c.store.cas(ops, snap.version)
+    if ok:
+        for run, builder, token, err in failures:
+            c._log_failure(k, run, builder, token, err)
     if ok and dispatches:
         c.send(dispatches)

@@ -6,7 +6,7 @@ be tested (and reused, e.g. by a web page) without a terminal. Nothing here writ
 
 Sources, per instance:
   state   the coordinator's `InstanceDoc` (runs in flight, completed flag, timestamps)
-  lease   `run/builder -> token|q|deadline` (queued) or `token|r|deadline` (running)
+  lease   `run/builder -> token|q|deadline|resends` (queued) or `token|r|deadline|claim`
   data    the instance's data (only their sizes are read, with HSTRLEN)
   history summaries of settled runs, newest first
   log     the stream with one entry per delta and per builder attempt (who, where, when, how long)
@@ -251,7 +251,7 @@ def _leases(raw: Mapping[bytes, bytes]) -> dict[tuple[int, str], tuple[int, str,
     for fld, value in raw.items():
         try:
             run, _, builder = _s(fld).partition("/")
-            token, state, deadline = _s(value).split("|")
+            token, state, deadline = _s(value).split("|")[:3]
             out[(int(run), builder)] = (int(token), state, float(deadline))
         except ValueError:
             continue

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from .. import faults
 from ..builder import BuilderSpec
-from ..coordinator import Coordinator
+from ..coordinator import Coordinator, task_budget
 from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
 from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
@@ -40,9 +40,12 @@ SAFE_SETTINGS: dict[str, Any] = {
     "task_reject_on_worker_lost": True,
     # One message at a time per process, so a slow builder does not hold others hostage.
     "worker_prefetch_multiplier": 1,
-    # A lost broker connection cannot ack running late-ack tasks; Celery redelivers them, so
-    # cancel the running copies rather than run them twice.
-    "worker_cancel_long_running_tasks_on_connection_loss": True,
+    # A lost broker connection cannot ack running late-ack tasks, and the broker redelivers
+    # them. Celery can cancel the running copies; here they are better left to finish: the
+    # redelivered copy finds the attempt claimed and is dropped, and the running one commits
+    # under its token. Cancelling instead turns a broker restart into failed attempts (see
+    # tests/faults: test_broker_restart_keeps_running_builders).
+    "worker_cancel_long_running_tasks_on_connection_loss": False,
     "task_serializer": "json",
     "accept_content": ["json"],
     "broker_connection_retry_on_startup": True,
@@ -72,10 +75,11 @@ def check_and_configure(app: Celery, max_time_limit: float) -> None:
     conf.update(SAFE_SETTINGS)
     options = dict(conf.broker_transport_options or {})
     visibility = float(options.get("visibility_timeout", 3600))
-    if visibility <= max_time_limit * 2:
+    if visibility <= task_budget(max_time_limit) * 2:
         raise ConfigurationError(
-            f"broker visibility_timeout ({visibility}s) must exceed twice the longest builder "
-            f"time_limit ({max_time_limit}s), or running builders are delivered twice"
+            f"broker visibility_timeout ({visibility}s) must exceed four times the longest "
+            f"builder time_limit ({max_time_limit}s: a task may run inline successors for as "
+            "long again), or running builders are delivered twice"
         )
     options.setdefault("visibility_timeout", visibility)
     conf.broker_transport_options = options
@@ -233,8 +237,11 @@ class CeleryExecutor:
                 reject_on_worker_lost=True,
                 ignore_result=True,
                 typing=False,
-                time_limit=spec.time_limit + self.settings.lease_grace / 2,
-                soft_time_limit=spec.time_limit,
+                # The task's budget covers its builder and the successors it runs inline; each
+                # builder is still held to its own time_limit (invoke.attempt refuses a late
+                # result, and its lease expires).
+                time_limit=task_budget(spec.time_limit) + self.settings.lease_grace / 2,
+                soft_time_limit=task_budget(spec.time_limit),
             )
         self._tasks[workflow] = True
 

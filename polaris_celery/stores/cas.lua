@@ -5,14 +5,17 @@
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
 --   HMGET / HKEYS          reads whose replies are returned, in order
 --   anything in WRITES     executed as is
--- Reply: {1, version, reads} when applied, {0, version, doc, data names} on a conflict.
+-- Reply: {1, version, reads} when applied, {0, version, doc, data names, op} on a conflict,
+-- where op is the id the last applied write stored in the state hash's `op` field: a caller
+-- whose reply was lost recognises its own write by it.
 -- Every decision was made by the caller in Python from the state at ARGV[1]; this script only
 -- refuses to apply it to any other state. That is the fencing: a stale attempt, a second
 -- reconciler or a re-delivered message computed from an older version and is turned away.
 local WRITES = {HSET=1, HDEL=1, DEL=1, EXPIRE=1, PERSIST=1, RPUSH=1, LPUSH=1, LTRIM=1,
                 ZADD=1, ZREM=1, XADD=1, INCR=1, SADD=1, SREM=1}
 local function conflict(v)
-  return {0, v, redis.call('HGET', KEYS[1], 'doc') or '', redis.call('HKEYS', KEYS[2])}
+  local st = redis.call('HMGET', KEYS[1], 'doc', 'op')
+  return {0, v, st[1] or '', redis.call('HKEYS', KEYS[2]), st[2] or ''}
 end
 local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] then return conflict(v) end

@@ -4,7 +4,7 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
 
     pc:{wf/id}:data        HASH  datum name -> JSON           the instance's data
     pc:{wf/id}:state       HASH  v -> version, doc -> JSON    runs in flight (see coordinator)
-    pc:{wf/id}:lease       HASH  run/builder -> token|q|deadline (queued) or token|r|deadline
+    pc:{wf/id}:lease       HASH  run/builder -> token|q|deadline|resends or token|r|deadline|claim
     pc:{wf/id}:deltas      HASH  delta id -> run             producers' idempotency keys
     pc:{wf/id}:seq         STRING                            run counter of in-process runs
     pc:{wf/id}:run:N       HASH  datum -> JSON, _outcome     what run N produced, how it ended
@@ -94,6 +94,7 @@ class Snapshot:
     version: int
     doc: str
     names: set[str]
+    op: str = ""  # the id of the write that produced this version, when it carried one
 
 
 class Ops:
@@ -208,6 +209,13 @@ class RedisStore:
             k = self.keys(workflow, instance_id)
             _wrap(lambda: self.client.hset(k.data, mapping=dict(data)), "writing data")
 
+    def read_run(self, k: Keys, run: int, names: Sequence[str]) -> dict[str, bytes]:
+        """Values a run keeps apart (its transients and results)."""
+        if not names:
+            return {}
+        values = _wrap(lambda: self.client.hmget(k.run(run), list(names)), "reading a run")
+        return {n: v for n, v in zip(names, values, strict=True) if v is not None}
+
     def read_data(self, workflow: str, instance_id: str, names: Iterable[str]) -> dict[str, bytes]:
         names = list(names)
         if not names:
@@ -250,17 +258,20 @@ class RedisStore:
         if int(reply[0]) == 1:
             return True, list(reply[2])
         doc = reply[2].decode() if isinstance(reply[2], bytes) else reply[2]
-        return False, Snapshot(int(reply[1]), doc, {n.decode() for n in reply[3]})
+        op = reply[4].decode() if isinstance(reply[4], bytes) else reply[4]
+        return False, Snapshot(int(reply[1]), doc, {n.decode() for n in reply[3]}, op)
 
     def begin(
-        self, k: Keys, field: str, token: int, lease_value: str,
+        self, k: Keys, field: str, token: int, lease_value: str, claim: str,
         data_names: Sequence[str], run_names: Sequence[str], run: int,
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
-        """Claim a queued attempt and load its inputs: (status, snapshot, name -> raw)."""
+        """Claim a queued attempt and load its inputs: (status, snapshot, name -> raw).
+        Idempotent for one claim id, so a caller whose reply was lost may simply ask again."""
         reply = _wrap(
             lambda: self._begin(
                 keys=[k.state, k.data, k.lease, k.run(run)],
-                args=[field, token, lease_value, len(data_names), *data_names, *run_names],
+                args=[field, token, lease_value, claim, len(data_names), *data_names,
+                      *run_names],
             ),
             "starting a builder",
         )
