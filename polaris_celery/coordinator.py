@@ -206,15 +206,16 @@ class Coordinator:
         k = self.store.keys(workflow, instance_id)
         deadline = time.monotonic() + timeout
         while True:
+            # The wake token is pushed in the same atomic step as the outcome: wait for it
+            # first (returns at once for a settled run), then read. Two round trips.
+            self.store.wait_wake(k, run, max(deadline - time.monotonic(), 0.01))
             outcome, raw = self.store.run_outcome(k, run)
             if outcome is not None:
                 return self._to_result(workflow, instance_id, json.loads(outcome), raw)
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() >= deadline:
                 raise WaitTimeout(
                     f"run {run} of {workflow}/{instance_id} did not settle within {timeout}s"
                 )
-            self.store.wait_wake(k, run, left)
 
     async def result_async(
         self, workflow: str, instance_id: str, run: int, timeout: float
@@ -225,18 +226,17 @@ class Coordinator:
         deadline = time.monotonic() + timeout
         async with self.store.async_client() as client:
             while True:
+                left = max(deadline - time.monotonic(), 0.01)
+                await client.blmove(k.wake(run), k.wake(run), left, "LEFT", "RIGHT")
                 got = await client.hgetall(k.run(run))
                 outcome = got.pop(b"_outcome", None)
                 if outcome is not None:
                     raw = {f.decode(): v for f, v in got.items() if not f.startswith(b"_")}
                     return self._to_result(workflow, instance_id, json.loads(outcome), raw)
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if time.monotonic() >= deadline:
                     raise WaitTimeout(
                         f"run {run} of {workflow}/{instance_id} did not settle within {timeout}s"
                     )
-                if await client.blpop([k.wake(run)], timeout=max(left, 0.01)) is not None:
-                    await client.rpush(k.wake(run), b"1")
 
     def _to_result(
         self, workflow: str, instance_id: str, outcome: dict[str, Any], raw: dict[str, bytes]

@@ -18,7 +18,7 @@ ever examined, so the cost of a step follows the builders touched, not the graph
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,20 +148,26 @@ class RunState:
         for b in (*self.active, *self.waiting):
             self._mark(graph, b)
 
-    def _advance(self, graph: Graph, changed: Iterable[str], present: Set[str]) -> list[str]:
+    def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str]) -> list[str]:
         if self.stopped:
             self.waiting.clear()
             self._recompute_pending(graph)
             return []
-        candidates = set(self.waiting)
-        for d in changed:
-            candidates.update(graph.what_consumes(d))
         previously_waiting = self.waiting
+        if not previously_waiting and len(changed) == 1:
+            # The common step (one datum produced, nothing waiting): its consumers are already
+            # in rank order.
+            ordered: Iterable[str] = graph.what_consumes(changed[0])
+        else:
+            candidates = set(previously_waiting)
+            for d in changed:
+                candidates.update(graph.what_consumes(d))
+            ordered = sorted(candidates, key=graph.rank.__getitem__)
         self.waiting = set()
         ready: list[str] = []
         # In rank order, every upstream candidate has set its pending bit before a downstream
         # one is examined.
-        for b in sorted(candidates, key=graph.rank.__getitem__):
+        for b in ordered:
             if b in self.done or b in self.active:
                 continue
             if graph.ancestors[b] & self._pending.get(graph.component[b], 0):

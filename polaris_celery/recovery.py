@@ -43,12 +43,16 @@ def reconcile(c: Coordinator, limit: int = 200) -> dict[str, int]:
     for member in c.store.due(now, limit):
         workflow, _, instance_id = member.partition("/")
         if workflow not in c.registry:
+            # Another app's workflow: look again later rather than finding it first in line
+            # every pass (due() returns the oldest entries), which would starve the rest.
+            c.store.reschedule(member, now + c.settings.reconcile_interval * 4)
             continue
         counts["instances"] += 1
         try:
             _reconcile_instance(c, workflow, c.store.keys(workflow, instance_id), counts)
         except UnknownVersion:
-            pass  # pinned to a version this process lacks: a worker that has it reconciles
+            # Pinned to a version this process lacks: a worker that has it reconciles it.
+            c.store.reschedule(member, now + c.settings.reconcile_interval * 4)
         except Exception:
             log.exception("polaris: reconciling %s failed; will retry", member)
     return counts

@@ -258,12 +258,18 @@ class CeleryExecutor:
             if i:
                 faults.point("mid_send")
             spec = self.registry.graph(d.workflow, d.version).specs[d.builder]
+            kwargs = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
+                      "version": d.version}
             self.app.send_task(
                 task_name(d.workflow, d.builder),
-                kwargs={"instance": d.instance_id, "run": d.run, "attempt": d.token,
-                        "version": d.version},
+                kwargs=kwargs,
                 queue=spec.queue,
                 countdown=d.countdown or None,
+                # No result backend round trips, and Flower's argument summary without
+                # Celery's saferepr.
+                ignore_result=True,
+                argsrepr="()",
+                kwargsrepr=repr(kwargs),
             )
 
 

@@ -308,14 +308,10 @@ class RedisStore:
         key = k.wake(run)
 
         def go() -> bool:
-            got = self.blocking.blpop([key], timeout=max(timeout, 0.01))
-            if got is None:
-                return False
-            # Put the token back so every other waiter on this run wakes as well.
-            pipe = self.blocking.pipeline(transaction=False)
-            pipe.rpush(key, b"1").expire(key, 3600)
-            pipe.execute()
-            return True
+            # Rotating the list onto itself takes the token without removing it: every waiter
+            # on the run wakes, and one that comes after the run settled returns at once.
+            got = self.blocking.blmove(key, key, max(timeout, 0.01), "LEFT", "RIGHT")
+            return got is not None
 
         return _wrap(go, "waiting for a run")
 
