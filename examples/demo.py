@@ -9,20 +9,17 @@ paused and costs nothing. It stops everything it started, by pid.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from polaris_celery.devserver import RedisServer
+from polaris_celery.devserver import RedisServer, celery_worker
 
 console = Console(highlight=False)
 REPO = Path(__file__).resolve().parent.parent
@@ -31,25 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-@contextmanager
-def worker(name: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
-        prefix=f"polaris-demo-{name}-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "prefork",
-           "-c", "1", "-n", f"{name}@%h", "-l", "warning", "--without-gossip", "--without-mingle"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        os.unlink(log.name)
+def worker(name: str, env: dict[str, str]) -> Any:
+    return celery_worker("worker", env, name=name, concurrency=1,
+                         cwd=str(REPO))
 
 
 def wait_for_workers(app: object, names: list[str], timeout: float = 60.0) -> None:

@@ -1,4 +1,4 @@
-"""Start and stop private `redis-server` processes: for `make demo`, the tests and benchmarks.
+"""Private `redis-server` and `celery worker` processes, for `make demo`, the tests and benchmarks.
 
 A private server listens on a free loopback port in a directory of its own, so it never touches
 the machine's Redis; it is ended by the pid this module started, never by name.
@@ -6,13 +6,16 @@ the machine's Redis; it is ended by the pid this module started, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -121,3 +124,47 @@ def redis_url_or_private() -> tuple[str, RedisServer | None]:
         return url, None
     server = RedisServer().start()
     return server.url, server
+
+
+@contextlib.contextmanager
+def celery_worker(
+    app_module: str,
+    env: dict[str, str],
+    *,
+    name: str = "w1",
+    pool: str = "prefork",
+    concurrency: int = 2,
+    loglevel: str = "info",
+    extra: list[str] | None = None,
+    cwd: str | None = None,
+    ready_timeout: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `celery -A app_module worker` until the block ends; wait until it says it is ready.
+
+    It runs in a session of its own, so ending its process group ends only what this started.
+    """
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
+        prefix=f"polaris-{name}-", suffix=".log", delete=False)
+    cmd = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", pool,
+           "-c", str(concurrency), "-n", f"{name}@%h", "-l", loglevel, "--without-gossip",
+           "--without-mingle", *(extra or [])]
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while b" ready." not in Path(log.name).read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ConfigurationError(f"celery worker {name} did not start:\n"
+                                         + Path(log.name).read_text()[-3000:])
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+        os.unlink(log.name)
