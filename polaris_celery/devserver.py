@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,8 @@ class RedisServer:
     """
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False,
-                 directory: str | None = None, extra: list[str] | None = None) -> None:
+                 directory: str | None = None, extra: list[str] | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise ConfigurationError("redis-server is not installed (Debian: apt-get install "
@@ -47,10 +49,13 @@ class RedisServer:
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="polaris-redis-")
         self.extra = extra or []
+        self.tls = tls  # (certificate, key): serve TLS only, on `port`
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -58,8 +63,14 @@ class RedisServer:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-ca-cert-file", cert,
+                     "--tls-auth-clients", "no"]
         args = [
-            self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
+            self.exe, *ports, "--bind", "127.0.0.1", "--dir", self.directory,
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
             "--logfile", str(Path(self.directory) / "redis.log"),
         ]
@@ -75,9 +86,14 @@ class RedisServer:
                 raise ConfigurationError(f"redis-server exited at start; see "
                                          f"{self.directory}/redis.log")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                    s = raw
+                    if self.tls:
+                        ctx = ssl.create_default_context(cafile=self.tls[0])
+                        s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    reply = s.recv(64)
+                    if reply.startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.02)
