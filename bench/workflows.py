@@ -7,7 +7,7 @@ The Celery worker processes (bench/app.py) and the producer (the bench process) 
 
 from __future__ import annotations
 
-import hashlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -108,119 +108,18 @@ def padded_chain(core: int, total: int, prefix: str, *, upstream: bool = False,
     return make_workflow(f"{prefix}Padded{total}", builders, ks[core]), ks[0]
 
 
-# -- the cab ride of worker/cab_ride.py, with its builders' sleeps removed ------------------------
+# -- the cab ride of worker/cab_ride.py, its simulated service calls set to take no time ------
 
+os.environ["POLARIS_CAB_RIDE_WORK"] = "0"  # read by worker.cab_ride at import; workers import this
 
-class RideRequested(BaseModel):
-    user_id: str
-    source: str
-    dest: str
-
-
-class CabbieMatched(BaseModel):
-    cabbie_id: str
-    eta_minutes: int
-
-
-class CabbieArrived(BaseModel):
-    cabbie_id: str
-
-
-class RideStarted(BaseModel):
-    ride_id: str
-    cabbie_id: str
-
-
-class ArrivedAtDestination(BaseModel):
-    distance_km: float
-
-
-class FareComputed(BaseModel):
-    amount: float
-    currency: str = "EUR"
-
-
-class PaymentMade(BaseModel):
-    user_id: str
-    amount: float
-
-
-class PaymentConfirmed(BaseModel):
-    receipt: str
-
-
-class RideEnded(BaseModel):
-    ride_id: str
-    receipt: str
-    fare: float
-
-
-def cabbie_for(user_id: str) -> str:
-    return f"cabbie-{hashlib.sha1(user_id.encode()).hexdigest()[:4]}"
-
-
-class MatchCabbie(pc.Builder):
-    consumes = [RideRequested]
-    produces = CabbieMatched
-    max_retries = 3
-    retry_backoff = 0.5
-
-    def process(self, ctx: pc.BuilderContext) -> CabbieMatched:
-        req = ctx.get(RideRequested)
-        assert req is not None
-        return CabbieMatched(cabbie_id=cabbie_for(req.user_id), eta_minutes=4)
-
-
-class StartRide(pc.Builder):
-    consumes = [CabbieMatched, CabbieArrived]
-    accesses = [RideRequested]
-    produces = RideStarted
-
-    def process(self, ctx: pc.BuilderContext) -> RideStarted | None:
-        matched, arrived = ctx.get(CabbieMatched), ctx.get(CabbieArrived)
-        assert matched is not None and arrived is not None
-        if matched.cabbie_id != arrived.cabbie_id:
-            return None
-        return RideStarted(ride_id=f"ride-{ctx.instance_id}", cabbie_id=matched.cabbie_id)
-
-
-class ComputeFare(pc.Builder):
-    consumes = [RideStarted, ArrivedAtDestination]
-    produces = FareComputed
-
-    def process(self, ctx: pc.BuilderContext) -> FareComputed:
-        trip = ctx.get(ArrivedAtDestination)
-        assert trip is not None
-        return FareComputed(amount=round(3.5 + 1.2 * trip.distance_km, 2))
-
-
-class ConfirmPayment(pc.Builder):
-    consumes = [FareComputed, PaymentMade]
-    produces = PaymentConfirmed
-    max_retries = 2
-
-    def process(self, ctx: pc.BuilderContext) -> PaymentConfirmed | None:
-        fare, paid = ctx.get(FareComputed), ctx.get(PaymentMade)
-        assert fare is not None and paid is not None
-        if paid.amount + 1e-9 < fare.amount:
-            return None
-        return PaymentConfirmed(receipt=f"rcpt-{ctx.instance_id}-{paid.amount:.2f}")
-
-
-class EndRide(pc.Builder):
-    consumes = [PaymentConfirmed, RideStarted]
-    accesses = [FareComputed]
-    produces = RideEnded
-
-    def process(self, ctx: pc.BuilderContext) -> RideEnded:
-        ride, receipt, fare = ctx.get(RideStarted), ctx.get(PaymentConfirmed), ctx.get(FareComputed)
-        assert ride is not None and receipt is not None and fare is not None
-        return RideEnded(ride_id=ride.ride_id, receipt=receipt.receipt, fare=fare.amount)
-
-
-class CabRide(pc.Workflow):
-    builders = [MatchCabbie, StartRide, ComputeFare, ConfirmPayment, EndRide]
-    target = RideEnded
+from worker.cab_ride import (  # noqa: E402
+    ArrivedAtDestination,
+    CabbieArrived,
+    CabRide,
+    PaymentMade,
+    RideRequested,
+    cabbie_for,
+)
 
 
 def cab_first_delta(i: int) -> list[BaseModel]:
