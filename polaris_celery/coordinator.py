@@ -142,7 +142,9 @@ class Coordinator:
         if deadline is not None and not (isinstance(deadline, (int, float)) and deadline > 0):
             raise InvalidInput(f"deadline must be a positive number of seconds, got {deadline!r}")
         data = list(data)
-        codec.encode_delta(newest, data, self.settings.max_datum_bytes)  # fail fast, store nothing
+        # Validated before anything is read or stored; re-encoded below only for an instance
+        # pinned to an older version.
+        newest_delta = codec.encode_delta(newest, data, self.settings.max_datum_bytes)
         k = self.store.keys(workflow, instance_id)
         while True:
             snap, seen = self.store.snapshot(k, delta_id)
@@ -156,7 +158,8 @@ class Coordinator:
             if doc.deadline is not None and now >= doc.deadline:
                 raise InstanceClosed(f"{workflow}/{instance_id} passed its deadline")
             graph = self._graph(workflow, doc.version) if doc.pinned else newest
-            delta = codec.encode_delta(graph, data, self.settings.max_datum_bytes)
+            delta = newest_delta if graph is newest else codec.encode_delta(
+                graph, data, self.settings.max_datum_bytes)
             lasting = {n: v for n, v in delta.items() if n not in graph.transients}
             transient = {n: v for n, v in delta.items() if n in graph.transients}
             ops = Ops(k.state, k.data)

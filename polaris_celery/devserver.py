@@ -133,15 +133,6 @@ class RedisServer:
         self.cleanup()
 
 
-def redis_url_or_private() -> tuple[str, RedisServer | None]:
-    """POLARIS_REDIS_URL if set, else a private server started here (the caller stops it)."""
-    url = os.environ.get("POLARIS_REDIS_URL")
-    if url:
-        return url, None
-    server = RedisServer().start()
-    return server.url, server
-
-
 @contextlib.contextmanager
 def celery_worker(
     app_module: str,
