@@ -759,9 +759,10 @@ def b7_memory(cl: Cluster, quick: bool, sec: Section) -> None:
     rows = []
     for label, iid in (("paused", "mem-paused-7"), ("completed", "mem-done-7")):
         k = cl.pol.store.keys("cab", iid)
+        inc = (r.hget(k.state, "inc") or b"").decode()
         for kind in ("data", "state", "lease", "deltas", "log", "history", "run:1", "wake:1"):
-            key = k.run(1) if kind == "run:1" else k.wake(1) if kind == "wake:1" else getattr(
-                k, kind)
+            key = k.run(inc, 1) if kind == "run:1" else k.wake(inc, 1) if kind == "wake:1" \
+                else getattr(k, kind)
             size = r.memory_usage(key, samples=0)
             if size:
                 ttl = r.ttl(key)

@@ -507,15 +507,16 @@ def submit(ctx: click.Context, key: str, instance_id: str, data_text: str,
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 def recover(ctx: click.Context, as_json: bool) -> None:
-    """Run one reconciler pass now: re-send lost dispatches, re-run expired builders."""
+    """Run one reconciler pass now: re-send lost dispatches, re-run lost attempts."""
     counts = _app(ctx).need_executor("recover").reconcile()
     if as_json:
         click.echo(json.dumps(counts))
         return
     click.echo(f"reconciler pass: {counts.get('instances', 0)} instance(s) looked at, "
                f"{counts.get('resent', 0)} dispatch(es) re-sent, "
-               f"{counts.get('expired', 0)} expired lease(s) retried, "
-               f"{counts.get('closed', 0)} run(s) closed")
+               f"{counts.get('lost', 0)} lost attempt(s) re-run, "
+               f"{counts.get('skipped', 0)} passed over (workflow or version not here), "
+               f"{counts.get('failed', 0)} failed (looked at again later)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,7 +20,37 @@ DEFAULT_MAX_DATUM_BYTES = 1 << 20
 
 
 def encode(datum: BaseModel) -> bytes:
-    return datum.model_dump_json().encode()
+    """JSON bytes of `datum`, or InvalidInput naming it when pydantic cannot serialize it.
+
+    Pydantic raises a bare ValueError (PydanticSerializationError) for values JSON cannot hold,
+    e.g. `bytes` that are not UTF-8; callers catch PolarisErrors, so it is turned into one here.
+    """
+    try:
+        return datum.model_dump_json(warnings=False).encode()
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{datum_name(type(datum))} cannot be encoded as JSON: {exc}"
+        ) from None
+
+
+def encode_valid(datum: BaseModel, max_bytes: int = DEFAULT_MAX_DATUM_BYTES) -> bytes:
+    """Encode `datum` and prove the bytes read back through its own model, within `max_bytes`.
+
+    Pydantic validates neither `model_construct` nor attribute assignment (by default), so a
+    model can hold values its own type refuses; only bytes that validate may be stored, or the
+    failure surfaces later, in whoever reads them. Raises InvalidInput naming the datum.
+    """
+    raw = encode(datum)
+    if len(raw) > max_bytes:  # checked first: it is cheap, and it spares parsing a huge datum
+        raise InvalidInput(
+            f"{datum_name(type(datum))} is {len(raw)} bytes encoded, over the "
+            f"{max_bytes}-byte limit"
+        )
+    try:
+        type(datum).model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"{datum_name(type(datum))} fails validation: {exc}") from None
+    return raw
 
 
 def decode(graph: Graph, name: str, raw: bytes | str) -> BaseModel:
@@ -44,8 +74,8 @@ def encode_delta(
 ) -> dict[str, bytes]:
     """Validate a whole delta and encode it, or raise naming what is wrong; stores nothing.
 
-    A datum is re-validated through its model (pydantic does not validate on attribute
-    assignment by default), so a model mutated into an invalid state is refused here.
+    Each datum goes through `encode_valid`, so a model built or mutated into an invalid state,
+    or one that cannot be encoded at all, is refused here with an InvalidInput naming it.
     """
     out: dict[str, bytes] = {}
     unknown: list[str] = []
@@ -59,16 +89,10 @@ def encode_delta(
             unknown.append(name if name not in graph.types else f"{type(item).__qualname__} "
                            f"(another class than the workflow's {name})")
             continue
-        raw = encode(item)
         try:
-            type(item).model_validate_json(raw)
-        except ValidationError as exc:
-            raise InvalidInput(f"{name} in the delta fails validation: {exc}") from None
-        if len(raw) > max_bytes:
-            raise InvalidInput(
-                f"{name} in the delta is {len(raw)} bytes encoded, over the {max_bytes}-byte limit"
-            )
-        out[name] = raw
+            out[name] = encode_valid(item, max_bytes)
+        except InvalidInput as exc:
+            raise InvalidInput(f"in the delta: {exc}") from None
     if unknown:
         raise UnknownData(graph.key, unknown)
     return out

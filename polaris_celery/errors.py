@@ -6,6 +6,7 @@
      +-- UnknownWorkflow       no workflow is registered under that key
      +-- UnknownData           a delta holds a type the workflow does not know
      +-- InvalidInput          a delta or id is malformed: not a model, too large, bad id ...
+ |    +-- DeltaConflict     a delta_id already used for a different delta
      +-- UndeclaredData        a builder asked its context for data it did not declare
      +-- BuilderFailed         a builder failed for good; carries the partial result
      +-- ConfigurationError    a Celery app or store is set up unsafely or inconsistently
@@ -68,6 +69,11 @@ class UnknownData(PolarisError, TypeError):
 
 class InvalidInput(PolarisError, ValueError):
     """Raised when a delta, a datum or an instance id is malformed; nothing is stored."""
+
+
+class DeltaConflict(InvalidInput):
+    """Raised when a delta_id that was already applied comes with different data: a delta_id
+    names one delta, so the second is refused rather than silently answered with the first."""
 
 
 class UndeclaredData(PolarisError, KeyError):

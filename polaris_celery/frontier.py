@@ -53,7 +53,11 @@ class RunState:
     target_hit: bool = False
     delta_id: str | None = None
     started: float = 0.0
-    closed: str | None = None  # "cancelled" or "timed_out" when the instance was closed
+    closed: str | None = None  # "cancelled", "timed_out" or "deleted" when the instance closed
+    # Per builder: attempts that failed (spend max_retries) and attempts lost with their
+    # process (spend max_lost). Attempt tokens count both, so every attempt has its own token.
+    fails: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
     # Bitmasks of active | waiting builders per graph component; derived, never serialized.
     _pending: dict[int, int] = field(default_factory=dict)
 
@@ -202,6 +206,10 @@ class RunState:
             d["delta_id"] = self.delta_id
         if self.closed is not None:
             d["closed"] = self.closed
+        if self.fails:
+            d["fails"] = self.fails
+        if self.lost:
+            d["lost"] = self.lost
         return d
 
     @classmethod
@@ -218,6 +226,8 @@ class RunState:
             delta_id=d.get("delta_id"),
             started=float(d.get("started", 0.0)),
             closed=d.get("closed"),
+            fails={k: int(v) for k, v in d.get("fails", {}).items()},
+            lost={k: int(v) for k, v in d.get("lost", {}).items()},
         )
         run._recompute_pending(graph)
         return run

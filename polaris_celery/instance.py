@@ -17,7 +17,7 @@ from . import codec
 from .errors import PolarisError
 from .frontier import RunState
 from .graph import Graph
-from .stores.redis import Snapshot
+from .layout import Snapshot
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Dispatch:
     token: int
     countdown: float = 0.0
     version: int = 1
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,10 @@ class Settings:
     dispatch_timeout: a builder dispatched but not started within this many seconds is sent
       again (covers a worker that died between its commit and its send, and lost messages).
     lease_grace: added to a builder's time_limit to form the lease of a running attempt; a
-      lease that expires counts as a failed attempt and the builder is re-dispatched.
+      lease that expires counts as a lost attempt and the builder is re-dispatched.
+    max_lost: attempts of one builder in one run that may be lost with their process (a
+      SIGKILLed pool child, a worker gone) before the builder is given up as `WorkerLost`.
+      Lost attempts never spend the builder's `max_retries`.
     inline: a builder whose completion leaves exactly one runnable successor bound for the same
       queue runs that successor in the same worker, saving a broker hop.
     result_ttl: how long a settled run's outcome and produced data stay readable.
@@ -50,6 +54,7 @@ class Settings:
 
     dispatch_timeout: float = 30.0
     lease_grace: float = 10.0
+    max_lost: int = 3
     inline: bool = True
     result_ttl: int = 86400
     retention: int | None = None
@@ -72,6 +77,17 @@ class InstanceDoc:
     version: int = 0  # 0: not pinned (new, or completed with nothing in flight)
     status: str = "open"  # "open", "cancelled" or "timed_out"
     deadline: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing in flight and nothing more expected: completed, cancelled or timed out.
+        Only a finished instance is unpinned from its version and may expire (`retention`)."""
+        return not self.runs and (self.completed or self.status != "open")
+
+    def overdue(self, now: float) -> bool:
+        """Open, with work in flight or still to come, and past its deadline."""
+        return (self.status == "open" and self.deadline is not None and now >= self.deadline
+                and (bool(self.runs) or not self.completed))
 
     @staticmethod
     def version_of(snap: Snapshot) -> int:

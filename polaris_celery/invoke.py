@@ -1,8 +1,10 @@
 """Run one attempt of one builder: the step every executor shares.
 
 It builds the scoped context, calls the before/after hooks, and turns every way a builder can
-misbehave (raising, returning the wrong type) into a `BuilderError` value, so the executors only
-decide what to do with an outcome, never how to obtain it.
+misbehave (raising, returning the wrong type, returning an output that does not validate, cannot
+be encoded or is too large) into a `BuilderError` value, so the executors only decide what to do
+with an outcome, never how to obtain it. An output is checked here, not at commit, so its builder
+takes the blame (and its retries apply) rather than whoever reads it next.
 """
 
 from __future__ import annotations
@@ -13,19 +15,35 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from . import codec
 from .builder import Builder, BuilderSpec
 from .context import BuilderContext
+from .errors import InvalidInput
 from .frontier import BuilderError
 
 BeforeHook = Callable[[type[Builder], Sequence[BaseModel]], None]
 AfterHook = Callable[[type[Builder], BaseModel | None], None]
 
 
+class InvalidOutput(Exception):
+    """A builder returned an output that cannot be committed; never escapes `attempt`.
+
+    Its class name is the `BuilderError.type` such an attempt fails with.
+    """
+
+
 @dataclass(frozen=True)
 class Outcome:
+    """What one attempt gave: an output (or None for "not now"), or the error it failed with.
+
+    `raw` is `produced` encoded and already validated (None when nothing was produced), so the
+    committer stores these bytes instead of encoding a second time.
+    """
+
     produced: BaseModel | None
     error: BuilderError | None
     seconds: float
+    raw: bytes | None = None
 
 
 def attempt(
@@ -39,8 +57,13 @@ def attempt(
     attempt_no: int,
     before: BeforeHook | None = None,
     after: AfterHook | None = None,
+    max_bytes: int = codec.DEFAULT_MAX_DATUM_BYTES,
 ) -> Outcome:
-    """Run `spec`'s builder once on `inputs` (already limited to what it declared)."""
+    """Run `spec`'s builder once on `inputs` (already limited to what it declared).
+
+    The output is encoded and validated (within `max_bytes`) before the after-hook sees it, so
+    the hook, like the store, only ever gets outputs that can be committed.
+    """
     t0 = time.perf_counter()
     ctx = BuilderContext(
         spec, inputs, workflow=workflow, instance_id=instance_id, run=run, attempt=attempt_no
@@ -55,6 +78,7 @@ def attempt(
                 f"returned {type(produced).__qualname__}, but declares produces = "
                 f"{spec.produces.__qualname__}"
             )
+        raw = None if produced is None else _checked(spec, produced, max_bytes)
         if after is not None:
             after(spec.builder_cls, produced)
     except Exception as exc:
@@ -67,4 +91,14 @@ def attempt(
         err = BuilderError(spec.name, "TimeLimitExceeded",
                            f"took {seconds:.2f}s, over its time_limit of {spec.time_limit}s")
         return Outcome(None, err, seconds)
-    return Outcome(produced, None, seconds)
+    return Outcome(produced, None, seconds, raw)
+
+
+def _checked(spec: BuilderSpec, produced: BaseModel, max_bytes: int) -> bytes:
+    """`produced` encoded, or InvalidOutput naming the builder, the type and what is wrong."""
+    try:
+        return codec.encode_valid(produced, max_bytes)
+    except InvalidInput as exc:
+        raise InvalidOutput(
+            f"builder {spec.name!r} produced a {spec.produces_name} that cannot be committed: {exc}"
+        ) from None

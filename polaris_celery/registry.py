@@ -14,7 +14,8 @@ MAX_INSTANCE_ID = 200
 
 
 def check_instance_id(instance_id: object) -> str:
-    """Instance ids end up in Redis keys and Celery messages: keep them printable and bounded."""
+    """Instance ids end up in Redis keys and Celery messages: keep them printable and bounded,
+    and refuse ids that differ from another only by invisible padding."""
     if not isinstance(instance_id, str):
         raise InvalidInput(f"instance id must be a string, got {type(instance_id).__name__}")
     if not instance_id:
@@ -24,6 +25,11 @@ def check_instance_id(instance_id: object) -> str:
             f"instance id is {len(instance_id)} characters long, over the limit of "
             f"{MAX_INSTANCE_ID}"
         )
+    if instance_id != instance_id.strip():
+        # "ride-1 " and "ride-1" would be two instances that look like one in every log, CLI
+        # argument and dashboard; a blank id is a missing id.
+        problem = "leading or trailing whitespace" if instance_id.strip() else "only whitespace"
+        raise InvalidInput(f"instance id {instance_id!r:.60} has {problem}")
     if any(c in instance_id for c in "{}") or not instance_id.isprintable():
         raise InvalidInput(
             f"instance id {instance_id!r:.60} holds braces or unprintable characters"

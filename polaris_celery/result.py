@@ -28,6 +28,7 @@ class RunResult:
     completed: bool
     data: Mapping[str, BaseModel] = field(default_factory=dict)
     error: Mapping[str, str] | None = None
+    incarnation: str = ""  # which life of the instance (a new one after a delete or expiry)
 
     def get(self, tp: type[M]) -> M | None:
         """The datum of type `tp` produced in this run, or None."""

@@ -5,6 +5,7 @@ The README's "Bad input" table lists the same cases.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,3 +150,17 @@ def test_local_executors_refuse_the_same_bad_deltas(memory_registry, iid):
     with pytest.raises(pc.InvalidInput):
         ex.sequential("dbf", "", A())
     assert memory_registry.store.data_names("dbf", iid) == set()
+
+
+def test_a_message_for_a_workflow_this_worker_lacks_is_named_as_rejected(celery_env, iid,
+                                                                         caplog):
+    """Issue 10 case 13: Celery's own "Received unregistered task" is not all the operator
+    sees; polaris names it a MessageRejected and says who will send the builder again."""
+    caplog.set_level(logging.ERROR, logger="polaris_celery")
+    celery_env.app.send_task("polaris.ghost.Nope", kwargs={"instance": iid, "run": 1,
+                                                           "attempt": 1, "version": 1})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "MessageRejected" not in caplog.text:
+        time.sleep(0.05)
+    assert "MessageRejected: polaris.ghost.Nope" in caplog.text
+    assert "reconciler of a worker that has it" in caplog.text

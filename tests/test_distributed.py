@@ -46,14 +46,15 @@ def test_builders_run_in_other_processes_and_fan_out_runs_concurrently(redis_ser
 def test_fifty_producers_on_one_instance_lose_nothing(celery_env: CeleryEnv, iid):
     n = 50
 
-    def produce(i: int) -> int:
-        return celery_env.executor.submit_delta("tally", iid, Y(v=i), delta_id=f"d{i}").run
+    def produce(i: int) -> pc.RunHandle:
+        return celery_env.executor.submit_delta("tally", iid, Y(v=i), delta_id=f"d{i}")
 
     with ThreadPoolExecutor(16) as pool:
-        runs = list(pool.map(produce, range(n)))
+        handles = list(pool.map(produce, range(n)))
+    runs = [h.run for h in handles]
     assert sorted(runs) == list(range(1, n + 1))  # one run per delta, none merged or lost
-    results = [pc.RunHandle(celery_env.executor.coordinator, "tally", iid, r).wait(30)
-               for r in runs]
+    assert len({h.incarnation for h in handles}) == 1  # all of one life of the instance
+    results = [h.wait(30) for h in handles]
     assert all(r.get(X) is not None for r in results)
     ran = [s["run"] for s in seen(iid, "CountIt")]
     assert sorted(ran) == list(range(1, n + 1))  # each run's builder ran exactly once
@@ -92,7 +93,7 @@ def test_messages_carry_ids_only_as_json(celery_env: CeleryEnv, iid):
     for headers, body in captured:
         args, kwargs, _ = body
         assert args == [] or args == ()
-        assert set(kwargs) == {"instance", "run", "attempt", "version"}
+        assert set(kwargs) == {"instance", "run", "attempt", "version", "inc"}
         assert kwargs["instance"] == iid and "123456789" not in repr(body)
         assert headers["task"].startswith("polaris.fan-in.Part")
 
@@ -146,7 +147,7 @@ def test_marked_but_unsent_dispatch_is_resent_by_the_workers_reconciler(celery_e
 def test_reconciler_is_idempotent_when_nothing_is_due(celery_env: CeleryEnv, iid):
     celery_env.executor.submit_delta("dbf", iid, A(v=1), B(v=1), D(v=1)).wait(10)
     counts = [celery_env.executor.reconcile() for _ in range(3)]
-    assert all(c["resent"] == 0 and c["expired"] == 0 for c in counts)
+    assert all(c["resent"] == 0 and c["lost"] == 0 for c in counts)
     assert calls(iid) == ["BA", "BB", "BC"]
     member = f"dbf/{iid}"
     assert celery_env.store.client.zscore(celery_env.store.index_key, member) is None

@@ -98,6 +98,8 @@ def test_flower_lists_each_builder_task_with_ids_only(tmp_path: Path) -> None:
                     assert task["worker"] == node
                     assert ast.literal_eval(task["args"]) == ()
                     kwargs = ast.literal_eval(task["kwargs"])
+                    inc = kwargs.pop("inc")
+                    assert isinstance(inc, str) and len(inc) >= 8, (name, inc)
                     assert kwargs == {"instance": instance, "run": 1, "attempt": 1, "version": 1}, (
                         name, kwargs)
                     assert SECRET not in repr(task), f"{name} carries a payload: {task}"

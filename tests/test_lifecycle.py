@@ -130,7 +130,8 @@ def test_delete_removes_the_instance(celery_env: CeleryEnv, iid):
     assert celery_env.store.data_names("dbf", iid) == set()
     assert celery_env.store.client.exists(k.history, k.log, k.deltas) == 0
     again = ex.submit_delta("dbf", iid, A(v=2), B(v=2), D(v=0))
-    assert again.run > first.run  # run numbers never repeat, so old results cannot be confused
+    # A new incarnation: its runs count from 1 again, and old results cannot be confused.
+    assert again.run == first.run == 1 and again.incarnation > first.incarnation
     assert again.wait(10).completed
 
 

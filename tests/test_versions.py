@@ -56,6 +56,27 @@ def test_two_code_versions_side_by_side(redis_server):
     assert old_ids[0] in new_producer.coordinator.store.live_instances("shop", 2)
 
 
+def test_a_message_handed_on_during_a_deploy_is_never_dropped(redis_server):
+    """Issue 10 case 14: a worker lacking the instance's version hands its message on, hop
+    after hop, for as long as it takes (Celery's retry would stop after 3 hops by default);
+    re-sends are off (dispatch_timeout 300 s), so only the hand-off can deliver it."""
+    broker = f"redis://127.0.0.1:{redis_server.port}/5"
+    base = {"POLARIS_REDIS_URL": redis_server.url, "POLARIS_BROKER_URL": broker,
+            "POLARIS_DISPATCH_TIMEOUT": "300"}
+    producer = shop.build(redis_server.url, broker, [1, 2], dispatch_timeout=300)
+    iid = f"deploy-{uuid.uuid4().hex[:6]}"
+    with worker_process("tests.apps.versioned_app", {**base, "POLARIS_VERSIONS": "1"},
+                        name="old-only", concurrency=1) as old:
+        handle = producer.submit_delta("shop", iid, shop.Order(amount=100))
+        with pytest.raises(pc.WaitTimeout):
+            handle.wait(6)  # five or more hops between old workers
+        assert old.poll() is None
+        with worker_process("tests.apps.versioned_app", {**base, "POLARIS_VERSIONS": "1,2"},
+                            name="new-too", concurrency=1):
+            r = handle.wait(15)
+    assert r.get(shop.Quoted) == shop.Quoted(price=120.0, version=2)
+
+
 def test_registering_versions_and_picking_the_newest(memory_registry):
     reg = pc.Registry(pc.MemoryStore())
     g1 = reg.register("shop", shop._builders(1, 1.0), version=1)

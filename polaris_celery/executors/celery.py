@@ -15,12 +15,13 @@ import threading
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from pydantic import BaseModel
 
 from .. import faults
 from ..builder import BuilderSpec
-from ..coordinator import Coordinator, task_budget
+from ..coordinator import Coordinator, RunRef, task_budget
 from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
 from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
@@ -88,20 +89,29 @@ def check_and_configure(app: Celery, max_time_limit: float) -> None:
 class RunHandle:
     """A submitted run. `wait()` blocks on Redis (no polling, no result backend)."""
 
-    def __init__(self, coordinator: Coordinator, workflow: str, instance_id: str, run: int):
+    def __init__(self, coordinator: Coordinator, workflow: str, instance_id: str, ref: RunRef):
         self._coordinator = coordinator
         self.workflow = workflow
         self.instance_id = instance_id
-        self.run = run
+        self.ref = ref
+
+    @property
+    def run(self) -> int:
+        return self.ref.run
+
+    @property
+    def incarnation(self) -> str:
+        """Which life of the instance the run belongs to (a new one after a delete)."""
+        return self.ref.incarnation
 
     def wait(self, timeout: float = 30.0) -> RunResult:
         """The run's result once it settled; raises BuilderFailed or WaitTimeout."""
-        return self._coordinator.result(self.workflow, self.instance_id, self.run, timeout)
+        return self._coordinator.result(self.workflow, self.instance_id, self.ref, timeout)
 
     async def wait_async(self, timeout: float = 30.0) -> RunResult:
         """`wait` for asyncio code (FastAPI handlers ...): blocks no thread while it waits."""
         return await self._coordinator.result_async(
-            self.workflow, self.instance_id, self.run, timeout
+            self.workflow, self.instance_id, self.ref, timeout
         )
 
     def __await__(self) -> Generator[Any, None, RunResult]:
@@ -134,12 +144,18 @@ class CeleryExecutor:
         self.coordinator = Coordinator(registry, self._send, self.settings,
                                        before=before, after=after)
         self._tasks: dict[str, Any] = {}
+        self._builders: dict[str, tuple[str, str]] = {}  # task name -> (workflow, builder)
         graphs = registry.graphs()
         longest = max((s.time_limit for g in graphs for s in g.specs.values()), default=0.0)
         check_and_configure(app, longest)
         for key in registry.keys():  # noqa: SIM118 - Registry.keys() is a method, not a dict's
             self._register_tasks(key)
         self._register_reconcile_task()
+        # In the worker's parent process: a pool child that died mid-builder (SIGKILL, out of
+        # memory, a hard time limit) is re-run at once rather than when its lease ends; and a
+        # message for a workflow this worker does not have is named for what it is.
+        signals.task_failure.connect(self._on_task_failure, weak=False)
+        signals.task_unknown.connect(_on_unknown_task, weak=False)
         if reconciler:
             app.steps["worker"].add(_reconciler_step(self))
 
@@ -226,6 +242,7 @@ class CeleryExecutor:
                     specs[name] = s
         for name, spec in specs.items():
             tname = task_name(workflow, name)
+            self._builders[tname] = (workflow, name)
             if tname in self._tasks:
                 continue
             self._tasks[tname] = self.app.task(
@@ -234,7 +251,13 @@ class CeleryExecutor:
                 shared=False,  # bound to this executor's coordinator: never to other apps
                 bind=True,
                 acks_late=True,
-                reject_on_worker_lost=True,
+                # A pool child lost mid-builder: its message is not redelivered (the copy would
+                # find the attempt claimed); the parent re-runs the attempt under a new token
+                # (_on_task_failure), and its lease covers a whole worker lost.
+                reject_on_worker_lost=False,
+                # A hand-off to a worker that has the instance's version must never run out
+                # (Celery reads retry(max_retries=None) as "the task's default").
+                max_retries=None,
                 ignore_result=True,
                 typing=False,
                 # The task's budget covers its builder and the successors it runs inline; each
@@ -253,13 +276,34 @@ class CeleryExecutor:
 
         self.app.task(reconcile, name=RECONCILE_TASK, ignore_result=True, shared=False)
 
+    def _on_task_failure(self, sender: Any = None, exception: BaseException | None = None,
+                         kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        name = getattr(sender, "name", "")
+        target = self._builders.get(name)
+        if target is None or getattr(sender, "app", None) is not self.app \
+                or not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+            return
+        workflow, builder = target
+        kw = kwargs or {}
+        try:
+            again = self.coordinator.lose(
+                workflow, str(kw["instance"]), int(kw["run"]), builder, int(kw["attempt"]),
+                str(kw.get("inc", "")), f"{type(exception).__name__}: {exception}")
+        except Exception as exc:  # the lease is the fallback: never break the worker
+            log.warning("polaris: could not re-run %s at once (%s); its lease will", name, exc)
+            return
+        if again:
+            log.warning("polaris: %s for %s run %s attempt %s lost its process (%s); running "
+                        "it again", name, kw.get("instance"), kw.get("run"), kw.get("attempt"),
+                        type(exception).__name__)
+
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
         for i, d in enumerate(dispatches):
             if i:
                 faults.point("mid_send")
             spec = self.registry.graph(d.workflow, d.version).specs[d.builder]
             kwargs = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
-                      "version": d.version}
+                      "version": d.version, "inc": d.incarnation}
             self.app.send_task(
                 task_name(d.workflow, d.builder),
                 kwargs=kwargs,
@@ -273,6 +317,14 @@ class CeleryExecutor:
             )
 
 
+def _on_unknown_task(sender: Any = None, name: str = "", **_: Any) -> None:
+    if name.startswith(TASK_PREFIX + "."):
+        rejected = MessageRejected(
+            f"{name}: this worker has no such workflow or builder; the message is dropped, and "
+            "the reconciler of a worker that has it sends the builder again")
+        log.error("polaris: %s: %s", type(rejected).__name__, rejected)
+
+
 def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
     def body(task: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -282,12 +334,14 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             run = kwargs.pop("run")
             attempt = kwargs.pop("attempt")
             version = kwargs.pop("version", 1)
+            inc = kwargs.pop("inc", "")
             if kwargs:
                 raise MessageRejected(f"unexpected arguments {sorted(kwargs)}")
             ints = (run, attempt, version)
-            if not isinstance(instance, str) or not all(
+            if not isinstance(instance, str) or not isinstance(inc, str) or not all(
                     isinstance(x, int) and not isinstance(x, bool) for x in ints):
-                raise MessageRejected("instance must be a string; run, attempt, version integers")
+                raise MessageRejected("instance and inc must be strings; run, attempt, version "
+                                      "integers")
         except (KeyError, MessageRejected) as exc:
             log.error("polaris: rejected a message for %s.%s: %s", workflow, builder, exc)
             raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
@@ -297,7 +351,7 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
         try:
             coordinator.execute(workflow, instance, run, builder, attempt,
                                 queue=spec.queue if spec else None,
-                                worker=task.request.hostname, version=version)
+                                worker=task.request.hostname, version=version, incarnation=inc)
         except UnknownVersion:
             # Another worker runs that version (a deploy in progress): hand the message on.
             log.info("polaris: %s v%s not here; passing %s run %s on", workflow, version,

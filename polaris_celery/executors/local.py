@@ -86,7 +86,7 @@ class Executor:
             if out.produced is None:
                 return run.finished(graph, builder, None, present)
             name = graph.specs[builder].produces_name
-            raw = codec.encode(out.produced)
+            raw = out.raw if out.raw is not None else codec.encode(out.produced)
             if name in graph.transients:
                 scratch[name] = raw
             else:

@@ -1,24 +1,28 @@
 -- Claim a dispatched builder for one attempt and load what it needs, in one round trip.
--- KEYS: state hash, data hash, lease hash, run hash (run results and transients).
--- ARGV: lease field, token, lease value when running, claim id, #data names, data names...,
---       run names...
+-- KEYS: state hash, data hash, lease hash, run hash (run results and transients), index.
+-- ARGV: lease field, token, lease value when running, claim id, incarnation, lease deadline,
+--       index member, #data names, data names..., run names...
 -- The claim moves the lease from queued ("token|q|deadline|resends") to running
--- ("token|r|deadline|claim"). Asked again with the same claim id (its reply was lost), it answers
--- again; a second delivery of the message (another claim) or one for an attempt that was
--- superseded is answered 'dup' or 'stale' and runs nothing.
+-- ("token|r|deadline|claim") and brings the instance's index entry forward to the running
+-- lease's deadline, so a crashed attempt is looked at when its lease ends. Asked again with the
+-- same claim id (its reply was lost), it answers again; a second delivery of the message
+-- (another claim), one for an attempt that was superseded, or one of an earlier incarnation is
+-- answered 'dup', 'stale' or 'gone' and runs nothing.
+if (redis.call('HGET', KEYS[1], 'inc') or '') ~= ARGV[5] then return {'gone'} end
 local cur = redis.call('HGET', KEYS[3], ARGV[1])
 if not cur then return {'gone'} end
 local tok, st, _, tag = string.match(cur, '^(%d+)|(%a)|([^|]*)|?(.*)$')
 if tok ~= ARGV[2] then return {'stale'} end
 if st == 'q' then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+  redis.call('ZADD', KEYS[5], 'LT', ARGV[6], ARGV[7])
 elseif tag ~= ARGV[4] then
   return {'dup'}
 end
 local state = redis.call('HMGET', KEYS[1], 'v', 'doc')
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[8])
 local data = {}
 local run = {}
-if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 6, 5 + n)) end
-if #ARGV > 5 + n then run = redis.call('HMGET', KEYS[4], unpack(ARGV, 6 + n, #ARGV)) end
+if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 9, 8 + n)) end
+if #ARGV > 8 + n then run = redis.call('HMGET', KEYS[4], unpack(ARGV, 9 + n, #ARGV)) end
 return {'ok', state[1] or '0', state[2] or '', redis.call('HKEYS', KEYS[2]), data, run}

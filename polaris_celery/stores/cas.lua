@@ -1,35 +1,43 @@
--- Compare-and-set of one workflow instance, then a list of writes, atomically.
--- KEYS[1] = the instance's state hash (fields v, doc); KEYS[2] = its data hash.
--- ARGV[1] = the version the caller computed its writes from.
--- ARGV[2..] = ops, each: name, key index, arg count, args...
+-- Compare-and-set of one workflow instance, then a list of operations, atomically.
+-- KEYS[1] = the instance's state hash (fields v, inc, doc); KEYS[2] = its data hash.
+-- ARGV[1] = the version and ARGV[2] the incarnation the caller computed its writes from.
+-- ARGV[3..] = ops, each: name, key index, arg count, args...
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
+--   NOTIN k member         abort with {3, member} if the set k holds member
+--   ONCE k field value     written (HSET) with the rest; on a conflict, if k already holds it,
+--                          the caller's write was applied before (its reply was lost): {2, v}
 --   HMGET / HKEYS          reads whose replies are returned, in order
 --   anything in WRITES     executed as is
--- Reply: {1, version, reads} when applied, {0, version, doc, data names, op} on a conflict,
--- where op is the id the last applied write stored in the state hash's `op` field: a caller
--- whose reply was lost recognises its own write by it.
--- Every decision was made by the caller in Python from the state at ARGV[1]; this script only
--- refuses to apply it to any other state. That is the fencing: a stale attempt, a second
--- reconciler or a re-delivered message computed from an older version and is turned away.
+-- Reply: {1, version, reads} when applied, {0, version, doc, data names, inc} on a conflict.
+-- Every decision was made by the caller in Python from the state at ARGV[1..2]; this script
+-- only refuses to apply it to any other state. That is the fencing: a stale attempt, a second
+-- reconciler, a re-delivered message or anything of an earlier incarnation computed from an
+-- older state and is turned away.
 local WRITES = {HSET=1, HDEL=1, DEL=1, EXPIRE=1, PERSIST=1, RPUSH=1, LPUSH=1, LTRIM=1,
                 ZADD=1, ZREM=1, XADD=1, INCR=1, SADD=1, SREM=1}
-local function conflict(v)
-  local st = redis.call('HMGET', KEYS[1], 'doc', 'op')
-  return {0, v, st[1] or '', redis.call('HKEYS', KEYS[2]), st[2] or ''}
-end
-local v = redis.call('HGET', KEYS[1], 'v') or '0'
-if v ~= ARGV[1] then return conflict(v) end
 local ops = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local c = tonumber(ARGV[i + 2])
   ops[#ops + 1] = {ARGV[i], KEYS[tonumber(ARGV[i + 1])], {unpack(ARGV, i + 3, i + 2 + c)}}
   i = i + 3 + c
 end
+local st = redis.call('HMGET', KEYS[1], 'v', 'inc', 'doc')
+local v = st[1] or '0'
+local function conflict()
+  for _, op in ipairs(ops) do
+    if op[1] == 'ONCE' and redis.call('HGET', op[2], op[3][1]) == op[3][2] then
+      return {2, v}
+    end
+  end
+  return {0, v, st[3] or '', redis.call('HKEYS', KEYS[2]), st[2] or ''}
+end
+if v ~= ARGV[1] or (st[2] or '') ~= ARGV[2] then return conflict() end
 for _, op in ipairs(ops) do
   if op[1] == 'EXPECT' then
-    local cur = redis.call('HGET', op[2], op[3][1]) or ''
-    if cur ~= op[3][2] then return conflict(v) end
+    if (redis.call('HGET', op[2], op[3][1]) or '') ~= op[3][2] then return conflict() end
+  elseif op[1] == 'NOTIN' then
+    if redis.call('SISMEMBER', op[2], op[3][1]) == 1 then return {3, op[3][1]} end
   end
 end
 local reads = {}
@@ -37,9 +45,11 @@ for _, op in ipairs(ops) do
   local name = op[1]
   if name == 'HMGET' or name == 'HKEYS' then
     reads[#reads + 1] = redis.call(name, op[2], unpack(op[3]))
+  elseif name == 'ONCE' then
+    redis.call('HSET', op[2], op[3][1], op[3][2])
   elseif WRITES[name] then
     redis.call(name, op[2], unpack(op[3]))
-  elseif name ~= 'EXPECT' then
+  elseif name ~= 'EXPECT' and name ~= 'NOTIN' then
     return redis.error_reply('polaris cas: operation not allowed: ' .. name)
   end
 end

@@ -1,19 +1,4 @@
-"""The Redis store: the only module that imports redis.
-
-Key layout (every key of one instance shares the hash tag `{workflow/instance}`):
-
-    pc:{wf/id}:data        HASH  datum name -> JSON           the instance's data
-    pc:{wf/id}:state       HASH  v -> version, doc -> JSON    runs in flight (see coordinator)
-    pc:{wf/id}:lease       HASH  run/builder -> token|q|deadline|resends or token|r|deadline|claim
-    pc:{wf/id}:deltas      HASH  delta id -> run             producers' idempotency keys
-    pc:{wf/id}:seq         STRING                            run counter of in-process runs
-    pc:{wf/id}:run:N       HASH  datum -> JSON, _outcome     what run N produced, how it ended
-    pc:{wf/id}:wake:N      LIST                              pushed once when run N settles
-    pc:{wf/id}:log         STREAM                            one entry per builder attempt
-    pc:{wf/id}:history     LIST                              summaries of settled runs
-    pc:{wf/id}:late        HASH  datum -> JSON               produced after the instance closed
-    pc:index               ZSET  wf/id -> when to look       instances the reconciler watches
-    pc:live:wf:version     SET   instance ids               instances pinned to a version
+"""The Redis store: the only module that imports redis. The key layout is in `layout.py`.
 
 All writes of the distributed path go through one Lua script (`cas.lua`) that applies a list of
 writes only if the instance's version is still the one they were computed from.
@@ -23,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreUnavailable
+from ..layout import Globals, Keys, Ops, Snapshot
 
 T = TypeVar("T")
 
@@ -50,81 +35,6 @@ def redact(url: str) -> str:
 
 def _script(name: str) -> str:
     return resources.files("polaris_celery.stores").joinpath(name).read_text()
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Every Redis key of one instance, from one template."""
-
-    prefix: str
-    workflow: str
-    instance_id: str
-
-    @property
-    def tag(self) -> str:
-        return f"{self.prefix}:{{{self.workflow}/{self.instance_id}}}"
-
-    @property
-    def member(self) -> str:
-        """The instance's name in the reconciler's index."""
-        return f"{self.workflow}/{self.instance_id}"
-
-    def __getattr__(self, kind: str) -> str:
-        if kind in ("data", "state", "lease", "deltas", "seq", "log", "history", "late"):
-            return f"{self.tag}:{kind}"
-        raise AttributeError(kind)
-
-    @property
-    def lasting(self) -> tuple[str, ...]:
-        """The keys that live as long as the instance (run results expire on their own)."""
-        return tuple(f"{self.tag}:{kind}" for kind in
-                     ("data", "state", "lease", "deltas", "seq", "log", "history", "late"))
-
-    def run(self, run: int) -> str:
-        return f"{self.tag}:run:{run}"
-
-    def wake(self, run: int) -> str:
-        return f"{self.tag}:wake:{run}"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The instance as one version saw it."""
-
-    version: int
-    doc: str
-    names: set[str]
-    op: str = ""  # the id of the write that produced this version, when it carried one
-
-
-class Ops:
-    """A list of writes for cas.lua, with their keys numbered as the script expects."""
-
-    def __init__(self, state_key: str, data_key: str) -> None:
-        self.keys: list[str] = [state_key, data_key]
-        self.args: list[Any] = []
-        self.reads = 0
-
-    def _key(self, key: str) -> int:
-        try:
-            return self.keys.index(key) + 1
-        except ValueError:
-            self.keys.append(key)
-            return len(self.keys)
-
-    def add(self, op: str, key: str, *args: Any) -> Ops:
-        self.args.extend((op, self._key(key), len(args), *args))
-        if op in ("HMGET", "HKEYS"):
-            self.reads += 1
-        return self
-
-    def hset(self, key: str, mapping: Mapping[str, Any]) -> Ops:
-        if mapping:
-            flat: list[Any] = []
-            for k, v in mapping.items():
-                flat.extend((k, v))
-            self.add("HSET", key, *flat)
-        return self
 
 
 def _wrap(fn: Callable[[], T], what: str) -> T:
@@ -158,6 +68,7 @@ class RedisStore:
         self.blocking: Any = redis.Redis.from_url(url, **blocking)
         self._cas = self.client.register_script(_script("cas.lua"))
         self._begin = self.client.register_script(_script("begin.lua"))
+        self._retire = self.client.register_script(_script("retire.lua"))
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, prefix={self.prefix!r})"
@@ -166,26 +77,32 @@ class RedisStore:
         return Keys(self.prefix, workflow, instance_id)
 
     @property
+    def globals(self) -> Globals:
+        return Globals(self.prefix)
+
+    @property
     def index_key(self) -> str:
-        return f"{self.prefix}:index"
+        return self.globals.index
 
     def live_key(self, workflow: str, version: int) -> str:
-        """The set of instances pinned to one workflow version (what blocks its retirement)."""
-        return f"{self.prefix}:live:{workflow}:{version}"
+        return self.globals.live(workflow, version)
 
     def live_instances(self, workflow: str, version: int) -> list[str]:
         got = _wrap(lambda: self.client.smembers(self.live_key(workflow, version)), "reading")
         return sorted(m.decode() for m in got)
 
-    def record_late(self, k: Keys, name: str, raw: bytes, fields: Mapping[str, Any]) -> None:
-        """Keep a datum that arrived after its instance was closed, apart from its data."""
-        def go() -> None:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(k.late, name, raw)
-            pipe.xadd(k.log, dict(fields), maxlen=1000, approximate=True)
-            pipe.execute()
+    def retire(self, workflow: str, version: int) -> list[str]:
+        """Mark `version` retired unless instances are pinned to it (then: those instances).
+        Atomic with every submit, whose commit refuses to pin an instance to a retired
+        version: no instance can slip onto it between the check and the mark."""
+        g = self.globals
+        got = _wrap(lambda: self._retire(keys=[g.live(workflow, version), g.retired(workflow)],
+                                         args=[version]), "retiring a version")
+        return sorted(m.decode() for m in got)
 
-        _wrap(go, "recording late data")
+    def retired(self, workflow: str) -> set[int]:
+        got = _wrap(lambda: self.client.smembers(self.globals.retired(workflow)), "reading")
+        return {int(m) for m in got}
 
     def async_client(self) -> Any:
         """A fresh asyncio client (use as `async with`), for waiting without blocking a thread."""
@@ -209,11 +126,11 @@ class RedisStore:
             k = self.keys(workflow, instance_id)
             _wrap(lambda: self.client.hset(k.data, mapping=dict(data)), "writing data")
 
-    def read_run(self, k: Keys, run: int, names: Sequence[str]) -> dict[str, bytes]:
+    def read_run(self, k: Keys, inc: str, run: int, names: Sequence[str]) -> dict[str, bytes]:
         """Values a run keeps apart (its transients and results)."""
         if not names:
             return {}
-        values = _wrap(lambda: self.client.hmget(k.run(run), list(names)), "reading a run")
+        values = _wrap(lambda: self.client.hmget(k.run(inc, run), list(names)), "reading a run")
         return {n: v for n, v in zip(names, values, strict=True) if v is not None}
 
     def read_data(self, workflow: str, instance_id: str, names: Iterable[str]) -> dict[str, bytes]:
@@ -234,51 +151,62 @@ class RedisStore:
 
     # -- coordination primitives (distributed executor) -------------------------------------
 
-    def snapshot(self, k: Keys, delta_id: str | None = None) -> tuple[Snapshot, int | None]:
-        """The instance's version, doc and data names (and the run of `delta_id`, if applied)."""
+    def snapshot(self, k: Keys, delta_id: str | None = None) -> tuple[Snapshot, str | None]:
+        """The instance's state and data names, and what `delta_id` maps to if it was applied."""
 
-        def go() -> tuple[Snapshot, int | None]:
+        def go() -> tuple[Snapshot, str | None]:
             pipe = self.client.pipeline(transaction=True)
-            pipe.hmget(k.state, "v", "doc")
+            pipe.hmget(k.state, "v", "doc", "inc")
             pipe.hkeys(k.data)
             if delta_id is not None:
                 pipe.hget(k.deltas, delta_id)
             replies = pipe.execute()
-            (v, doc), names = replies[0], replies[1]
+            (v, doc, inc), names = replies[0], replies[1]
             seen = replies[2] if delta_id is not None else None
-            snap = Snapshot(int(v or 0), (doc or b"").decode(), {n.decode() for n in names})
-            return snap, (int(seen) if seen is not None else None)
+            snap = Snapshot(int(v or 0), (doc or b"").decode(),
+                            frozenset(n.decode() for n in names), (inc or b"").decode())
+            return snap, (seen.decode() if seen is not None else None)
 
         return _wrap(go, "reading instance state")
 
-    def cas(self, ops: Ops, expected: int) -> tuple[bool, Snapshot | list[Any]]:
-        """Apply `ops` if the instance is still at `expected`. Returns (True, reads) or
-        (False, the newer snapshot to recompute from)."""
-        reply = _wrap(lambda: self._cas(keys=ops.keys, args=[expected, *ops.args]), "committing")
-        if int(reply[0]) == 1:
-            return True, list(reply[2])
-        doc = reply[2].decode() if isinstance(reply[2], bytes) else reply[2]
-        op = reply[4].decode() if isinstance(reply[4], bytes) else reply[4]
-        return False, Snapshot(int(reply[1]), doc, {n.decode() for n in reply[3]}, op)
+    def cas(self, ops: Ops, expected: Snapshot) -> tuple[str, Any]:
+        """Apply `ops` if the instance is still at `expected` (version and incarnation).
+
+        Returns ("applied", reads), ("conflict", the newer snapshot to recompute from),
+        ("done", None) when a ONCE mark shows this very write was applied before, or
+        ("retired", version) when it would pin an instance to a retired version."""
+        reply = _wrap(lambda: self._cas(keys=ops.keys,
+                                        args=[expected.version, expected.inc, *ops.args]),
+                      "committing")
+        code = int(reply[0])
+        if code == 1:
+            return "applied", list(reply[2])
+        if code == 2:
+            return "done", None
+        if code == 3:
+            return "retired", int(reply[1])
+        return "conflict", Snapshot(int(reply[1]), _text(reply[2]),
+                                    frozenset(n.decode() for n in reply[3]), _text(reply[4]))
 
     def begin(
-        self, k: Keys, field: str, token: int, lease_value: str, claim: str,
-        data_names: Sequence[str], run_names: Sequence[str], run: int,
+        self, k: Keys, inc: str, field: str, token: int, lease_value: str, lease_ends: float,
+        claim: str, data_names: Sequence[str], run_names: Sequence[str], run: int,
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
         """Claim a queued attempt and load its inputs: (status, snapshot, name -> raw).
         Idempotent for one claim id, so a caller whose reply was lost may simply ask again."""
         reply = _wrap(
             lambda: self._begin(
-                keys=[k.state, k.data, k.lease, k.run(run)],
-                args=[field, token, lease_value, claim, len(data_names), *data_names,
-                      *run_names],
+                keys=[k.state, k.data, k.lease, k.run(inc, run), self.index_key],
+                args=[field, token, lease_value, claim, inc, f"{lease_ends:.3f}", k.member,
+                      len(data_names), *data_names, *run_names],
             ),
             "starting a builder",
         )
-        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        status = _text(reply[0])
         if status != "ok":
             return status, None, {}
-        snap = Snapshot(int(reply[1]), reply[2].decode(), {n.decode() for n in reply[3]})
+        snap = Snapshot(int(reply[1]), _text(reply[2]), frozenset(n.decode() for n in reply[3]),
+                        inc)
         raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
         raw.update({n: v for n, v in zip(run_names, reply[5], strict=True) if v is not None})
         return status, snap, raw
@@ -287,25 +215,32 @@ class RedisStore:
         got = _wrap(lambda: self.client.hgetall(k.lease), "reading leases")
         return {f.decode(): v.decode() for f, v in got.items()}
 
-    def due(self, now: float, limit: int) -> list[str]:
+    def due(self, now: float, start: int, count: int) -> list[str]:
+        """Up to `count` instances due for a look by `now`, from the `start`th on."""
         got = _wrap(
-            lambda: self.client.zrangebyscore(self.index_key, "-inf", now, start=0, num=limit),
+            lambda: self.client.zrangebyscore(self.index_key, "-inf", now, start=start,
+                                              num=count),
             "scanning the index",
         )
         return [m.decode() for m in got]
 
-    def reschedule(self, member: str, when: float) -> None:
-        _wrap(lambda: self.client.zadd(self.index_key, {member: when}, xx=True), "rescheduling")
+    def due_count(self, now: float) -> int:
+        return int(_wrap(lambda: self.client.zcount(self.index_key, "-inf", now), "counting"))
 
-    def run_outcome(self, k: Keys, run: int) -> tuple[bytes | None, dict[str, bytes]]:
+    def postpone(self, member: str, when: float) -> None:
+        """Look at `member` again at `when` (only if it is still watched, and no sooner)."""
+        _wrap(lambda: self.client.zadd(self.index_key, {member: when}, xx=True, gt=True),
+              "postponing")
+
+    def run_outcome(self, k: Keys, inc: str, run: int) -> tuple[bytes | None, dict[str, bytes]]:
         """The settled outcome of a run and the data it produced, if it has settled."""
-        got = _wrap(lambda: self.client.hgetall(k.run(run)), "reading a run")
+        got = _wrap(lambda: self.client.hgetall(k.run(inc, run)), "reading a run")
         outcome = got.pop(b"_outcome", None)
         return outcome, {f.decode(): v for f, v in got.items() if not f.startswith(b"_")}
 
-    def wait_wake(self, k: Keys, run: int, timeout: float) -> bool:
-        """Block until run `run` signals it settled, or `timeout` passes; never busy-polls."""
-        key = k.wake(run)
+    def wait_wake(self, k: Keys, inc: str, run: int, timeout: float) -> bool:
+        """Block until the run signals it settled, or `timeout` passes; never busy-polls."""
+        key = k.wake(inc, run)
 
         def go() -> bool:
             # Rotating the list onto itself takes the token without removing it: every waiter
@@ -322,7 +257,12 @@ class RedisStore:
         return list(_wrap(lambda: self.client.xrange(k.log, count=count), "reading the log"))
 
 
-def retry_unavailable(fn: Callable[[], T], *, seconds: float = 30.0) -> T:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def retry_unavailable(fn: Callable[[], T], *, seconds: float = 30.0,
+                      sleep: Callable[[float], None] = time.sleep) -> T:
     """Call `fn`, retrying StoreUnavailable with backoff for up to `seconds`.
 
     Used on the commit path: a builder's work is not thrown away because Redis restarted.
@@ -335,7 +275,7 @@ def retry_unavailable(fn: Callable[[], T], *, seconds: float = 30.0) -> T:
         except StoreUnavailable:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(delay)
+            sleep(delay)
             delay = min(delay * 2, 1.0)
 
 

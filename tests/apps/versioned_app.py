@@ -66,16 +66,19 @@ def _builders(version: int, markup: float) -> type[pc.Workflow]:
 MARKUP = {1: 1.0, 2: 1.2}
 
 
-def build(redis_url: str, broker_url: str, versions: list[int]) -> pc.CeleryExecutor:
+def build(redis_url: str, broker_url: str, versions: list[int],
+          dispatch_timeout: float = 3) -> pc.CeleryExecutor:
     app = Celery("versioned", broker=broker_url, set_as_current=False)
     app.conf.worker_hijack_root_logger = False
     registry = pc.Registry(pc.RedisStore(redis_url))
     for v in versions:
         registry.register("shop", _builders(v, MARKUP[v]), version=v)
-    return pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=3)
+    return pc.CeleryExecutor(app, registry, reconcile_interval=0.5,
+                             dispatch_timeout=dispatch_timeout)
 
 
 if "POLARIS_REDIS_URL" in os.environ:
     executor = build(os.environ["POLARIS_REDIS_URL"], os.environ["POLARIS_BROKER_URL"],
-                     [int(v) for v in os.environ["POLARIS_VERSIONS"].split(",")])
+                     [int(v) for v in os.environ["POLARIS_VERSIONS"].split(",")],
+                     float(os.environ.get("POLARIS_DISPATCH_TIMEOUT", "3")))
     app = executor.app

@@ -41,7 +41,7 @@ SLOW_TIME_LIMIT = 2.0
 CRASH_TIME_LIMIT = 2.0
 CRASH_RETRIES = 2
 HOLD_TIME_LIMIT = 3.0
-RETRIES = 10  # generous: in kill tests a crash costs the builder one attempt
+RETRIES = 0  # the default: a crash costs no retry (max_lost covers it)
 
 # -- side effects ------------------------------------------------------------------------------
 

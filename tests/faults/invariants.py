@@ -107,7 +107,8 @@ class Checker:
         return [f for _, f in self.r.xrange(key(workflow, instance, "log"))]
 
     def outcome(self, workflow: str, instance: str, run: int) -> dict[str, Any] | None:
-        raw = self.r.hget(key(workflow, instance, f"run:{run}"), "_outcome")
+        inc = (self.r.hget(key(workflow, instance, "state"), "inc") or "")
+        raw = self.r.hget(key(workflow, instance, f"run:{inc}:{run}"), "_outcome")
         return json.loads(raw) if raw else None
 
     def unsettled(self, expects: Iterable[Expect]) -> list[Expect]:
@@ -210,7 +211,7 @@ class Checker:
                 if result.startswith("error:"):
                     stats.failed_attempts += 1
                     stats.errors[result[6:]] += 1
-                    if result == "error:LeaseExpired":
+                    if result == "error:AttemptLost":
                         stats.lease_expired += 1
                     continue
                 run, b, attempt = int(f["run"]), f["b"], int(f["attempt"])
@@ -232,7 +233,8 @@ class Checker:
                         p.append(f"run {r} {b} committed {commits[(r, b)]} times, expected 1")
         if set(deltas) - set(range(1, n + 1)):
             p.append(f"delta log entries for unknown runs {sorted(set(deltas))}")
-        stored_ids = {k: int(v) for k, v in self.r.hgetall(key(wf, iid, "deltas")).items()}
+        stored_ids = {k: int(v.partition("|")[0])
+                      for k, v in self.r.hgetall(key(wf, iid, "deltas")).items()}
         if set(stored_ids) != set(e.delta_ids):
             p.append(f"delta ids stored {sorted(stored_ids)} != sent {sorted(e.delta_ids)}")
         if len(set(stored_ids.values())) != len(stored_ids):

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import polaris_celery as pc
+from polaris_celery.instance import Settings
 
 from . import app as fapp
 from .harness import REPO, Cluster, LossyProxy
@@ -280,7 +281,8 @@ def test_submit_storm(cluster: Cluster) -> None:
         sent.update({run: ping for ping, run in free[inst]})
         assert len(sent) == len(ids) + len(free[inst])
         for run, ping in sent.items():
-            pong = r.hget(f"pc:{{storm/{inst}}}:run:{run}", "Pong")
+            inc = r.hget(f"pc:{{storm/{inst}}}:state", "inc") or ""
+            pong = r.hget(f"pc:{{storm/{inst}}}:run:{inc}:{run}", "Pong")
             assert pong is not None and json.loads(pong)["id"] == ping, (inst, run, ping, pong)
     report("submit-storm", submits=submits, producers=4 * 4, runs=stats.runs,
            executions=stats.executions)
@@ -290,24 +292,26 @@ def test_submit_storm(cluster: Cluster) -> None:
 
 def test_slow_builder_prefork(cluster: Cluster) -> None:
     """On prefork, an overrunning attempt loses its lease (time_limit + lease_grace) before the
-    task's Celery budget (twice the time_limit, room for inline successors) interrupts it: it
-    counts as a failure and the builder is re-run; an always-slow builder fails the run after
-    max_retries + 1 attempts. The interrupted attempts' own late reports are refused."""
+    task's Celery budget (twice the time_limit, room for inline successors) interrupts it. The
+    reconciler cannot tell it from a lost worker, so it counts as lost (spending no retry) and
+    the builder is re-run; an always-slow builder ends WorkerLost after max_lost + 1 attempts.
+    The interrupted attempts' own late reports are refused."""
     cluster.workers_up(1, concurrency=2)
     ex = cluster.executor()
     ok = ex.submit_delta("slow", "slow-1", fapp.Seed(v=7, work=6.0), delta_id="x")
     bad = ex.submit_delta("always-slow", "aslow-1", fapp.Seed(v=7, work=6.0), delta_id="x")
     assert ok.wait(timeout=20).get(fapp.SlowDone) == fapp.SlowDone(v=7)
     with pytest.raises(pc.BuilderFailed) as failed:
-        bad.wait(timeout=20)
-    assert failed.value.builder == "AlwaysSlow"
+        bad.wait(timeout=45)
+    assert failed.value.builder == "AlwaysSlow" and failed.value.error_type == "WorkerLost"
     stats = cluster.checker.check([
         Expect("slow", "slow-1", {"SlowDone": {"v": 7, "work": 0.0}}, ["Slow"], {"x": 1}),
         Expect("always-slow", "aslow-1", {}, [], {"x": 1}, failed="AlwaysSlow"),
     ])
+    lost = Settings().max_lost
     assert len(execs(cluster, "slow", "slow-1", "Slow")) == 2
-    assert len(execs(cluster, "always-slow", "aslow-1", "AlwaysSlow")) == 2
-    assert stats.errors == {"LeaseExpired": 3}, stats.errors
+    assert len(execs(cluster, "always-slow", "aslow-1", "AlwaysSlow")) == lost + 1
+    assert stats.errors == {"AttemptLost": lost + 1, "WorkerLost": 1}, stats.errors
 
 
 def test_slow_builder_outlives_lease(cluster: Cluster) -> None:
@@ -325,19 +329,20 @@ def test_slow_builder_outlives_lease(cluster: Cluster) -> None:
     assert rerun_after < work, "the re-run waited for the slow attempt instead of its lease"
     with pytest.raises(pc.BuilderFailed) as failed:
         bad.wait(timeout=30)
-    assert failed.value.builder == "AlwaysSlow" and failed.value.error_type == "LeaseExpired"
+    assert failed.value.builder == "AlwaysSlow" and failed.value.error_type == "WorkerLost"
+    lost = Settings().max_lost
     # Let every late attempt finish and try to commit.
     wait_for(lambda: len(execs(cluster, "slow", "slow-t", "Slow", "end")) == 2, 20,
              "the late attempt to finish")
-    wait_for(lambda: len(execs(cluster, "always-slow", "aslow-t", "AlwaysSlow", "end")) == 2,
-             20, "the late attempts to finish")
+    wait_for(lambda: len(execs(cluster, "always-slow", "aslow-t", "AlwaysSlow", "end"))
+             == lost + 1, 30, "the late attempts to finish")
     time.sleep(1.0)
     stats = cluster.checker.check([
         Expect("slow", "slow-t", {"SlowDone": {"v": 3, "work": 0.0}}, ["Slow"], {"x": 1}),
         Expect("always-slow", "aslow-t", {}, [], {"x": 1}, failed="AlwaysSlow"),
     ])
-    assert stats.commits == 1 and stats.lease_expired == 3, stats
-    assert cluster.workers[0].count("was superseded; not committed") == 3
+    assert stats.commits == 1 and stats.lease_expired == lost + 1, stats
+    assert cluster.workers[0].count("was superseded; not committed") == lost + 2
 
 
 # -- 6. a duplicated broker message
@@ -368,9 +373,11 @@ def test_duplicate_messages(cluster: Cluster) -> None:
 # -- 7. a builder that always crashes its process
 
 def test_crashing_builder_ends_dead(cluster: Cluster) -> None:
+    """A builder that kills its process every time is re-run at once by the worker's parent,
+    without spending its retries, and ends WorkerLost after max_lost + 1 attempts."""
     cluster.workers_up(1, concurrency=2)
     ex = cluster.executor()
-    attempts = fapp.CRASH_RETRIES + 1
+    attempts = Settings().max_lost + 1
     bound = attempts * (fapp.CRASH_TIME_LIMIT + GRACE + RECONCILE)
     t0 = time.monotonic()
     h = ex.submit_delta("crash", "crash-1", fapp.Seed(v=1), delta_id="x")
@@ -378,7 +385,7 @@ def test_crashing_builder_ends_dead(cluster: Cluster) -> None:
         h.wait(timeout=bound + 15)
     elapsed = time.monotonic() - t0
     report("crash", attempts=attempts, secs=f"{elapsed:.1f}", bound=f"{bound:.1f}")
-    assert failed.value.builder == "Crash"
+    assert failed.value.builder == "Crash" and failed.value.error_type == "WorkerLost"
     assert elapsed <= bound + 3.0, f"dead after {elapsed:.1f}s, bound {bound:.1f}s"
     cluster.checker.check([Expect("crash", "crash-1", {}, [], {"x": 1}, failed="Crash")])
     starts = execs(cluster, "crash", "crash-1", "Crash")
@@ -559,6 +566,7 @@ def test_checker_catches_violations(cluster: Cluster) -> None:
     tag = "pc:{pair/chk}"
     entry = {"ev": "builder", "run": 1, "b": "First", "attempt": 1, "result": "Mid"}
     doc = r.hget(f"{tag}:state", "doc")
+    inc = r.hget(f"{tag}:state", "inc") or ""
     assert doc is not None
     added: list[Any] = []
     tampers: list[tuple[str, Any, Any]] = [
@@ -578,7 +586,7 @@ def test_checker_catches_violations(cluster: Cluster) -> None:
         ("runs still in flight", lambda: r.hset(
             f"{tag}:state", "doc", doc.replace('"runs":[]', '"runs":[{"id":1}]')),
          lambda: r.hset(f"{tag}:state", "doc", doc)),
-        ("ended failed", lambda: r.hset(f"{tag}:run:1", "_outcome", json.dumps(
+        ("ended failed", lambda: r.hset(f"{tag}:run:{inc}:1", "_outcome", json.dumps(
             {"run": 1, "status": "failed", "delta_id": "x"})), None),
     ]
     for needle, tamper, undo in tampers:

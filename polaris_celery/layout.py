@@ -1,0 +1,141 @@
+"""Where an instance lives in Redis, and the list of writes that change it. Pure: no I/O.
+
+Key layout (every key of one instance shares the hash tag `{workflow/instance}`):
+
+    pc:{wf/id}:state          HASH  v, inc, doc               version, incarnation, runs in flight
+    pc:{wf/id}:data           HASH  datum name -> JSON        the instance's data
+    pc:{wf/id}:lease          HASH  run/builder -> lease      see instance.py
+    pc:{wf/id}:deltas         HASH  delta id -> run|digest    producers' idempotency keys
+    pc:{wf/id}:seq            STRING                          run counter of in-process runs
+    pc:{wf/id}:log            STREAM                          one entry per builder attempt
+    pc:{wf/id}:history        LIST                            summaries of settled runs
+    pc:{wf/id}:late           HASH  datum -> JSON             produced after the instance closed
+    pc:{wf/id}:run:INC:N      HASH  datum -> JSON, _outcome, _op:B:T   run N of incarnation INC
+    pc:{wf/id}:wake:INC:N     LIST                            pushed once when that run settles
+    pc:index                  ZSET  wf/id -> when to look     instances the reconciler watches
+    pc:live:wf:version        SET   instance ids              instances pinned to a version
+    pc:retired:wf             SET   versions                  versions retired for good
+
+The incarnation (`inc`) is a fresh id each time an instance is created from nothing: after a
+delete, or after its keys expired under `retention`. Every message, claim, commit and run key
+carries it, so nothing of an earlier life (an attempt still running, a waiter, a run hash that
+outlived its instance) can ever be mistaken for the new one, although its run numbers start
+again at 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LASTING = ("data", "state", "lease", "deltas", "seq", "log", "history", "late")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key of one instance, from one template."""
+
+    prefix: str
+    workflow: str
+    instance_id: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{{self.workflow}/{self.instance_id}}}"
+
+    @property
+    def member(self) -> str:
+        """The instance's name in the reconciler's index."""
+        return f"{self.workflow}/{self.instance_id}"
+
+    def __getattr__(self, kind: str) -> str:
+        if kind in LASTING:
+            return f"{self.tag}:{kind}"
+        raise AttributeError(kind)
+
+    @property
+    def lasting(self) -> tuple[str, ...]:
+        """The keys that live as long as the instance (run results expire on their own)."""
+        return tuple(f"{self.tag}:{kind}" for kind in LASTING)
+
+    def run(self, inc: str, run: int) -> str:
+        return f"{self.tag}:run:{inc}:{run}"
+
+    def wake(self, inc: str, run: int) -> str:
+        return f"{self.tag}:wake:{inc}:{run}"
+
+
+@dataclass(frozen=True)
+class Globals:
+    """The few keys shared by every instance: the reconciler's index and the version sets."""
+
+    prefix: str
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:index"
+
+    def live(self, workflow: str, version: int) -> str:
+        """The set of instances pinned to one workflow version (what blocks its retirement)."""
+        return f"{self.prefix}:live:{workflow}:{version}"
+
+    def retired(self, workflow: str) -> str:
+        return f"{self.prefix}:retired:{workflow}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The instance as one version of its state saw it (`inc` empty: it does not exist)."""
+
+    version: int
+    doc: str
+    names: frozenset[str]
+    inc: str = ""
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.doc)
+
+
+class Ops:
+    """A list of operations for cas.lua, with their keys numbered as the script expects.
+
+    Besides plain writes the script knows three guards: EXPECT (abort unless a hash field holds
+    a value), ONCE (a mark naming this very write: if it is already there the write was applied
+    before, and the caller is told so instead of a conflict) and NOTIN (abort unless a set lacks
+    a member). See cas.lua.
+    """
+
+    def __init__(self, state_key: str, data_key: str) -> None:
+        self.keys: list[str] = [state_key, data_key]
+        self.args: list[Any] = []
+        self.reads = 0
+
+    def _key(self, key: str) -> int:
+        try:
+            return self.keys.index(key) + 1
+        except ValueError:
+            self.keys.append(key)
+            return len(self.keys)
+
+    def add(self, op: str, key: str, *args: Any) -> Ops:
+        self.args.extend((op, self._key(key), len(args), *args))
+        if op in ("HMGET", "HKEYS"):
+            self.reads += 1
+        return self
+
+    def hset(self, key: str, mapping: Mapping[str, Any]) -> Ops:
+        if mapping:
+            flat: list[Any] = []
+            for k, v in mapping.items():
+                flat.extend((k, v))
+            self.add("HSET", key, *flat)
+        return self
+
+    def log(self, k: Keys, length: int, **fields: Any) -> Ops:
+        """Append one entry to the instance's log (capped near `length` entries)."""
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat.extend((name, value))
+        return self.add("XADD", k.log, "MAXLEN", "~", length, "*", *flat)

@@ -1,0 +1,207 @@
+"""The instance state machine: every change to an instance, decided without I/O.
+
+Each transition takes what was read (a `Snapshot` of the state, the parsed `InstanceDoc`, the
+leases, `now` from the caller's clock) and returns a `Step`: the writes for cas.lua and the
+messages to send once they are applied. Submit, commit, a lost attempt, a reconciler look,
+cancel, deadline, restart and delete are all such transitions, so every one of them goes
+through the same fenced script, and none can interleave half-done with another. The
+coordinator is the loop around them (read, decide, apply, send); the simulator in tests/sim
+drives that loop through faults and clock jumps.
+
+What every step ends with (`Machine.seal`): the state's new version, and the instance's keys
+made lasting (an instance re-opened) or set to expire (finished, with `retention`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .frontier import BuilderError, RunState
+from .graph import Graph
+from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
+from .layout import Globals, Keys, Ops, Snapshot
+
+
+@dataclass
+class Step:
+    """What a transition decided: writes for cas.lua, and what to send once they applied."""
+
+    ops: Ops
+    sends: list[Dispatch] = field(default_factory=list)
+    inline: str | None = None  # a successor claimed by this step, to run in the same process
+    doc: str = ""  # the document as this step writes it
+    names: frozenset[str] = frozenset()  # the instance's data names after it (commit only)
+    failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
+
+
+def new_step(k: Keys) -> Step:
+    return Step(Ops(k.state, k.data))
+
+
+class Machine:
+    """Pure decisions for every instance: settings, global key names and who is deciding."""
+
+    def __init__(self, settings: Settings, globals_: Globals, worker_name: str) -> None:
+        self.settings = settings
+        self.globals = globals_
+        self.worker_name = worker_name
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def index(self, k: Keys, step: Step, when: float) -> None:
+        """Bring the instance's next look by the reconciler forward to `when` (never later)."""
+        step.ops.add("ZADD", self.globals.index, "LT", f"{when:.3f}", k.member)
+
+    def pin(self, graph: Graph, k: Keys, doc: InstanceDoc, step: Step) -> None:
+        """Pin the instance to `graph`'s version, refused (atomically) if it was retired."""
+        if doc.version == graph.version:
+            return
+        if doc.version:
+            step.ops.add("SREM", self.globals.live(graph.key, doc.version), k.instance_id)
+        step.ops.add("NOTIN", self.globals.retired(graph.key), str(graph.version))
+        step.ops.add("SADD", self.globals.live(graph.key, graph.version), k.instance_id)
+        doc.version = graph.version
+
+    def dispatch(self, graph: Graph, k: Keys, inc: str, run: RunState, ready: list[str],
+                 step: Step, now: float, *, inline_claim: str | None = None,
+                 may_inline: Callable[[str], bool] | None = None) -> None:
+        """Mark `ready` builders dispatched (attempt 1) with their leases.
+
+        With `inline_claim`, a single ready builder that `may_inline` accepts is claimed right
+        here (a running lease) and its inputs are read back by the same script, so it runs
+        without a broker message.
+        """
+        inline = (inline_claim is not None and len(ready) == 1
+                  and (may_inline is None or may_inline(ready[0])))
+        for b in ready:
+            run.dispatched(graph, b, 1)
+            if inline and inline_claim is not None:
+                deadline = now + graph.specs[b].time_limit + self.settings.lease_grace
+                step.ops.hset(k.lease, {lease_field(run.id, b):
+                                        running_lease(1, deadline, inline_claim)})
+                data_names, run_names = input_names(graph, b)
+                # cas.lua's HMGET needs at least one field; a dummy one reads back as nil.
+                step.ops.add("HMGET", k.data, *(data_names or ["\x00"]))
+                step.ops.add("HMGET", k.run(inc, run.id), *(run_names or ["\x00"]))
+                self.index(k, step, deadline)
+                step.inline = b
+                return
+            self.requeue(graph, k, inc, run, b, 1, step, now)
+
+    def requeue(self, graph: Graph, k: Keys, inc: str, run: RunState, builder: str,
+                token: int, step: Step, now: float, delay: float = 0.0) -> None:
+        run.dispatched(graph, builder, token)
+        deadline = now + delay + self.settings.dispatch_timeout
+        step.ops.hset(k.lease, {lease_field(run.id, builder): queued_lease(token, deadline)})
+        self.index(k, step, deadline)
+        step.sends.append(Dispatch(graph.key, k.instance_id, run.id, builder, token, delay,
+                                   version=graph.version, incarnation=inc))
+
+    def failed(self, graph: Graph, k: Keys, inc: str, run: RunState, builder: str,
+               token: int, error: BuilderError, step: Step, now: float) -> None:
+        """A builder failed: retry per its policy, or fail the run once its retries are spent."""
+        spec = graph.specs[builder]
+        fails = run.fails[builder] = run.fails.get(builder, 0) + 1
+        if fails <= spec.max_retries:
+            self.requeue(graph, k, inc, run, builder, token + 1, step, now, spec.backoff(fails))
+        else:
+            run.failed_for_good(graph, builder, error)
+        step.failures.append((run, builder, token, error))
+
+    def lost(self, graph: Graph, k: Keys, inc: str, run: RunState, builder: str, token: int,
+             why: str, step: Step, now: float) -> None:
+        """An attempt was lost with its process: run it again at once under a new token
+        (without spending retries), until `max_lost` such losses end it as WorkerLost."""
+        count = run.lost[builder] = run.lost.get(builder, 0) + 1
+        step.ops.add("HDEL", k.lease, lease_field(run.id, builder))
+        if count <= self.settings.max_lost:
+            self.requeue(graph, k, inc, run, builder, token + 1, step, now)
+            error = BuilderError(builder, "AttemptLost", f"attempt {token}: {why}")
+        else:
+            error = BuilderError(builder, "WorkerLost",
+                                 f"lost {count} attempts with their process (last: {why}); "
+                                 f"max_lost is {self.settings.max_lost}")
+            run.failed_for_good(graph, builder, error)
+        step.failures.append((run, builder, token, error))
+        step.ops.log(k, self.settings.log_length, ev="builder", inc=inc, run=run.id,
+                     b=builder, attempt=token, at=f"{now:.6f}", secs="0",
+                     result=f"error:{error.type}", by=self.worker_name)
+
+    def place(self, graph: Graph, k: Keys, inc: str, doc: InstanceDoc, run: RunState,
+              step: Step, now: float, *, completed: bool = False) -> None:
+        """Keep an unsettled run in the document, or close a settled one: write its outcome,
+        wake its waiters, append it to the history and drop it from the document."""
+        if not run.settled:
+            doc.runs[run.id] = run
+            return
+        doc.runs.pop(run.id, None)
+        if run.target_hit:
+            doc.completed = True
+        outcome: dict[str, Any] = {
+            "run": run.id, "inc": inc, "status": run.outcome,
+            "completed": run.target_hit or completed, "produced": run.produced,
+            "started": run.started, "ended": now, "version": graph.version,
+        }
+        if run.error is not None:
+            outcome["error"] = run.error.to_json()
+        if run.delta_id is not None:
+            outcome["delta_id"] = run.delta_id
+        blob = json.dumps(outcome, separators=(",", ":"))
+        ttl = self.settings.result_ttl
+        ops = step.ops
+        ops.hset(k.run(inc, run.id), {"_outcome": blob})
+        ops.add("EXPIRE", k.run(inc, run.id), ttl)
+        ops.add("RPUSH", k.wake(inc, run.id), "1")
+        ops.add("EXPIRE", k.wake(inc, run.id), ttl)
+        ops.add("LPUSH", k.history, blob)
+        ops.add("LTRIM", k.history, 0, self.settings.history - 1)
+
+    def close(self, graph: Graph, k: Keys, inc: str, doc: InstanceDoc, step: Step, now: float,
+              status: str) -> None:
+        """Close every run in flight as `status`; nothing of them runs any more. Attempts
+        still running find their commit refused (and keep their datum aside as late)."""
+        step.ops.add("DEL", k.lease)
+        for run in list(doc.runs.values()):
+            run.close(graph, status)
+            self.place(graph, k, inc, doc, run, step, now)
+
+    def seal(self, graph: Graph, k: Keys, snap: Snapshot, reopened: bool, doc: InstanceDoc,
+             step: Step, now: float, *, write: bool = True) -> None:
+        """End a step: watch what is left to watch, unpin a finished instance, set its keys'
+        lifetime, and write the new version (which fences every step made from the old).
+        `reopened`: the instance was new or finished before this step. Without `write` (a
+        look that found nothing to change) only the index is kept up to date."""
+        ops = step.ops
+        if doc.finished:
+            if doc.version:
+                ops.add("SREM", self.globals.live(graph.key, doc.version), k.instance_id)
+                doc.version = 0
+            ops.add("ZREM", self.globals.index, k.member)
+        elif not doc.runs and doc.deadline is not None and doc.status == "open":
+            # Paused: the deadline is all there is left to watch.
+            ops.add("ZADD", self.globals.index, f"{doc.deadline:.3f}", k.member)
+        elif not doc.runs:
+            ops.add("ZREM", self.globals.index, k.member)
+        if not write:
+            return
+        doc.updated = now
+        step.doc = doc.dump()
+        ops.hset(k.state, {"v": snap.version + 1, "doc": step.doc})
+        if doc.finished and self.settings.retention is not None:
+            for key in k.lasting:
+                ops.add("EXPIRE", key, self.settings.retention)
+        elif reopened:
+            # Re-opened (or new): whatever lifetime an earlier finish gave its keys is lifted,
+            # whatever this process's own settings.
+            for key in k.lasting:
+                ops.add("PERSIST", key)
+
+
+def input_names(graph: Graph, builder: str) -> tuple[list[str], list[str]]:
+    """A builder's inputs: those kept in the instance's data, and the run's transients."""
+    names = sorted(graph.specs[builder].readable_names)
+    return ([n for n in names if n not in graph.transients],
+            [n for n in names if n in graph.transients])
