@@ -18,7 +18,6 @@ source, so the simulator (tests/sim) can drive all of it deterministically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -28,16 +27,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import codec, faults, recovery, transitions
+from . import codec, faults, lifecycle, recovery, transitions, waiting
 from .errors import (
-    BuilderFailed,
     ConfigurationError,
     DeltaConflict,
     InvalidInput,
     MessageRejected,
     UnknownWorkflow,
-    VersionInUse,
-    WaitTimeout,
 )
 from .frontier import BuilderError
 from .graph import Graph
@@ -46,7 +42,7 @@ from .invoke import AfterHook, BeforeHook, Outcome, attempt
 from .layout import Keys, Snapshot
 from .machine import Machine, Step, input_names
 from .registry import Registry, check_instance_id
-from .result import RunResult
+from .result import RunRef, RunResult
 from .stores.redis import RedisStore, retry_unavailable
 
 log = logging.getLogger("polaris_celery")
@@ -64,14 +60,6 @@ def task_budget(time_limit: float) -> float:
 def new_id() -> str:
     """A claim or incarnation id: time-ordered (so incarnations sort by age), then random."""
     return f"{int(time.time() * 1000):x}{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """A submitted run: its number within the instance's incarnation."""
-
-    run: int
-    incarnation: str
 
 
 @dataclass(frozen=True)
@@ -204,53 +192,14 @@ class Coordinator:
     def result(self, workflow: str, instance_id: str, ref: RunRef, timeout: float) -> RunResult:
         """Wait (blocking on Redis, not polling) until the run settles and return its result."""
         self.registry.graph(workflow)
-        k = self.store.keys(workflow, instance_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            # The wake token is pushed in the same atomic step as the outcome: wait for it
-            # first (returns at once for a settled run), then read. Two round trips.
-            self.store.wait_wake(k, ref.incarnation, ref.run,
-                                 max(deadline - time.monotonic(), 0.01))
-            outcome, raw = self.store.run_outcome(k, ref.incarnation, ref.run)
-            if outcome is not None:
-                return self._to_result(workflow, instance_id, json.loads(outcome), raw)
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"run {ref.run} of {workflow}/{instance_id} did not settle "
-                                  f"within {timeout}s")
+        return waiting.result(self.store, self._graph, workflow, instance_id, ref, timeout)
 
     async def result_async(self, workflow: str, instance_id: str, ref: RunRef, timeout: float
                            ) -> RunResult:
         """`result` for asyncio code: waits on an asyncio Redis connection, blocking no thread."""
         self.registry.graph(workflow)
-        k = self.store.keys(workflow, instance_id)
-        key, wake = k.run(ref.incarnation, ref.run), k.wake(ref.incarnation, ref.run)
-        deadline = time.monotonic() + timeout
-        async with self.store.async_client() as client:
-            while True:
-                left = max(deadline - time.monotonic(), 0.01)
-                await client.blmove(wake, wake, left, "LEFT", "RIGHT")
-                got = await client.hgetall(key)
-                outcome = got.pop(b"_outcome", None)
-                if outcome is not None:
-                    raw = {f.decode(): v for f, v in got.items() if not f.startswith(b"_")}
-                    return self._to_result(workflow, instance_id, json.loads(outcome), raw)
-                if time.monotonic() >= deadline:
-                    raise WaitTimeout(f"run {ref.run} of {workflow}/{instance_id} did not "
-                                      f"settle within {timeout}s")
-
-    def _to_result(self, workflow: str, instance_id: str, outcome: dict[str, Any],
-                   raw: dict[str, bytes]) -> RunResult:
-        graph = self._graph(workflow, int(outcome.get("version", 0)))
-        data = {n: codec.decode(graph, n, raw[n]) for n in outcome["produced"] if n in raw}
-        result = RunResult(
-            workflow=graph.key, instance_id=instance_id, run=outcome["run"],
-            status=outcome["status"], completed=outcome["completed"], data=data,
-            error=outcome.get("error"), incarnation=outcome.get("inc", ""),
-        )
-        err = outcome.get("error")
-        if err:
-            raise BuilderFailed(err["builder"], err["type"], err["message"], result)
-        return result
+        return await waiting.result_async(self.store, self._graph, workflow, instance_id, ref,
+                                          timeout)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -384,24 +333,17 @@ class Coordinator:
         if workflow not in self.registry:
             return False
         k = self.store.keys(workflow, instance_id)
-        while True:
-            snap, _ = self.store.snapshot(k)
+
+        def decide(graph: Graph, snap: Snapshot) -> Step | None:
             if snap.inc != incarnation or not snap.exists:
-                return False
-            try:
-                graph = self._load(workflow, snap)[0]
-            except UnknownWorkflow:
-                return False
-            step = transitions.lose(self.machine, graph, k, snap, self.store.leases(k), run,
+                return None
+            return transitions.lose(self.machine, graph, k, snap, self.store.leases(k), run,
                                     builder, token, why, self.clock())
-            if step is None:
-                return False
-            status, _ = self.store.cas(step.ops, snap)
-            if status == "applied":
-                self._log_failures(k, step)
-                if step.sends:
-                    self.send(step.sends)
-                return True
+
+        try:
+            return self.change(workflow, instance_id, decide) is not None
+        except UnknownWorkflow:
+            return False
 
     # -- shared steps -------------------------------------------------------------------------
 
@@ -428,24 +370,13 @@ class Coordinator:
                                   limit, self.settings.reconcile_interval)
 
     def _look(self, workflow: str, instance_id: str, counts: dict[str, int]) -> None:
-        k = self.store.keys(workflow, instance_id)
+        lifecycle.look(self, workflow, instance_id, counts)
 
-        def decide(graph: Graph, snap: Snapshot) -> Step | None:
-            if not snap.exists:  # deleted or expired: only its index entry was left
-                return transitions.forget(self.machine, k)
-            return transitions.look(self.machine, graph, k, snap, self.store.leases(k),
-                                    self.clock())
-
-        counts["instances"] += 1
-        step = self._change(workflow, instance_id, decide)
-        if step is not None:
-            counts["lost"] += len(step.failures)
-            counts["resent"] += len(step.sends) - len(step.failures)
-
-    def _change(self, workflow: str, instance_id: str,
-                decide: Callable[[Graph, Snapshot], Step | None]) -> Step | None:
-        """Apply one lifecycle transition under the fence; returns the step that applied, or
-        None if `decide` found nothing to do. Sends its messages."""
+    def change(self, workflow: str, instance_id: str,
+               decide: Callable[[Graph, Snapshot], Step | None]) -> Step | None:
+        """Apply one transition under the fence: read, `decide`, apply, and on a conflict
+        decide again from the newer state. Returns the step that applied (its messages sent),
+        or None if `decide` found nothing to do."""
         k = self.store.keys(workflow, instance_id)
         while True:
             snap, _ = self.store.snapshot(k)
@@ -461,65 +392,22 @@ class Coordinator:
                 return step
 
     def cancel(self, workflow: str, instance_id: str) -> bool:
-        """Cancel the instance: nothing more runs; runs in flight end "cancelled"; builders
-        still running may finish, and what they produce is kept apart as late data. Further
-        deltas are refused until a restart. Returns False if it was not open."""
-        self._check(workflow, instance_id)
-        return self._change(workflow, instance_id, lambda graph, snap: transitions.cancel(
-            self.machine, graph, self.store.keys(workflow, instance_id), snap,
-            self.clock())) is not None
+        return lifecycle.cancel(self, workflow, instance_id)
 
     def restart(self, workflow: str, instance_id: str, keep_data: bool = True
                 ) -> RunRef | None:
-        """Start the instance again from the beginning, on the newest version, in one step.
-
-        Runs in flight are cancelled. With `keep_data` its input data (those no builder
-        produces) start a new run at once: returns that run. Without, all its data are
-        dropped and it waits for new deltas: returns None. Inputs that do not validate under
-        the newest version raise InvalidInput, and nothing changes."""
-        newest = self._check(workflow, instance_id)
-        k = self.store.keys(workflow, instance_id)
-        runs: list[int | None] = []
-
-        def decide(graph: Graph, snap: Snapshot) -> Step | None:
-            inputs: dict[str, bytes] | None = None
-            if keep_data:
-                raw = self.store.read_data(workflow, instance_id,
-                                           sorted(n for n in newest.inputs if n in snap.names))
-                inputs = {n: codec.encode(codec.decode(newest, n, v)) for n, v in raw.items()}
-            got = transitions.restart(self.machine, graph, newest, k, snap, inputs, self.clock())
-            if got is None:
-                return None
-            runs[:] = [got[1]]
-            return got[0]
-
-        step = self._change(workflow, instance_id, decide)
-        run = runs[0] if step is not None and runs else None
-        if run is None:
-            return None
-        return RunRef(run, self.store.snapshot(k)[0].inc)
+        return lifecycle.restart(self, workflow, instance_id, keep_data)
 
     def delete(self, workflow: str, instance_id: str) -> None:
-        """Remove the instance and everything it holds; runs in flight end "deleted" (their
-        waiters wake). Settled runs' results expire on their own (`result_ttl`)."""
-        self._check(workflow, instance_id)
-        self._change(workflow, instance_id, lambda graph, snap: transitions.delete(
-            self.machine, graph, self.store.keys(workflow, instance_id), snap, self.clock()))
+        lifecycle.delete(self, workflow, instance_id)
 
     def retire(self, workflow: str, version: int) -> None:
-        """Retire `version` of `workflow` for good, once no live instance runs on it (raises
-        VersionInUse naming them otherwise), and forget it in this process. Atomic with
-        submits: none can pin an instance to it after."""
-        if version not in self.registry.versions(workflow):
-            raise UnknownWorkflow(f"{workflow} v{version}")
-        live = self.store.retire(workflow, version)
-        if live:
-            raise VersionInUse(workflow, version, live)
-        self.registry.unregister(workflow, version)
+        lifecycle.retire(self, workflow, version)
 
-    def _check(self, workflow: str, instance_id: str) -> Graph:
-        check_instance_id(instance_id)
-        return self.registry.graph(workflow)
+    cancel.__doc__ = lifecycle.cancel.__doc__
+    restart.__doc__ = lifecycle.restart.__doc__
+    delete.__doc__ = lifecycle.delete.__doc__
+    retire.__doc__ = lifecycle.retire.__doc__
 
 
 def _digest(delta: dict[str, bytes]) -> str:

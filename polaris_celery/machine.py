@@ -65,6 +65,12 @@ class Machine:
         step.ops.add("SADD", self.globals.live(graph.key, graph.version), k.instance_id)
         doc.version = graph.version
 
+    def unpin(self, workflow: str, k: Keys, doc: InstanceDoc, step: Step) -> None:
+        """The instance no longer holds its version (it finished, restarts or goes)."""
+        if doc.version:
+            step.ops.add("SREM", self.globals.live(workflow, doc.version), k.instance_id)
+            doc.version = 0
+
     def dispatch(self, graph: Graph, k: Keys, inc: str, run: RunState, ready: list[str],
                  step: Step, now: float, *, inline_claim: str | None = None,
                  may_inline: Callable[[str], bool] | None = None) -> None:
@@ -176,9 +182,7 @@ class Machine:
         look that found nothing to change) only the index is kept up to date."""
         ops = step.ops
         if doc.finished:
-            if doc.version:
-                ops.add("SREM", self.globals.live(graph.key, doc.version), k.instance_id)
-                doc.version = 0
+            self.unpin(graph.key, k, doc, step)
             ops.add("ZREM", self.globals.index, k.member)
         elif not doc.runs and doc.deadline is not None and doc.status == "open":
             # Paused: the deadline is all there is left to watch.

@@ -14,6 +14,15 @@ M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
+class RunRef:
+    """A submitted run: its number within the instance's incarnation (a new incarnation starts
+    after a delete or an expiry, and counts its runs from 1 again)."""
+
+    run: int
+    incarnation: str
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The data builders produced in one run, keyed by type name, and how the run ended.
 

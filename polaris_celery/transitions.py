@@ -249,9 +249,8 @@ def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
     doc = InstanceDoc.load(old, snap)
     step = new_step(k)
     m.close(old, k, snap.inc, doc, step, now, "cancelled")
-    if doc.version:
-        step.ops.add("SREM", m.globals.live(old.key, doc.version), k.instance_id)
-    doc.status, doc.completed, doc.version, doc.deadline = "open", False, 0, None
+    m.unpin(old.key, k, doc, step)
+    doc.status, doc.completed, doc.deadline = "open", False, None
     if newest.workflow.deadline:
         doc.deadline = now + float(newest.workflow.deadline)
         m.index(k, step, doc.deadline)
@@ -277,8 +276,7 @@ def delete(m: Machine, graph: Graph, k: Keys, snap: Snapshot, now: float) -> Ste
     doc = InstanceDoc.load(graph, snap)
     step = new_step(k)
     m.close(graph, k, snap.inc, doc, step, now, "deleted")
-    if doc.version:
-        step.ops.add("SREM", m.globals.live(graph.key, doc.version), k.instance_id)
+    m.unpin(graph.key, k, doc, step)
     step.ops.add("ZREM", m.globals.index, k.member)
     for key in k.lasting:
         step.ops.add("DEL", key)
