@@ -124,7 +124,7 @@ class Coordinator:
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
-        self.machine = Machine(settings, self.store.globals, self.worker_name)
+        self.machine = Machine(settings, self.worker_name)
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         return retry_unavailable(fn, sleep=self.sleep)
@@ -168,7 +168,7 @@ class Coordinator:
                 self.machine, graph, k, snap, doc, inc, delta,
                 "{run}|" + digest if delta_id is not None else None, delta_id, deadline,
                 self.clock())
-            status, _ = self.store.cas(step.ops, snap)
+            status, _ = self.store.cas(step.ops, snap, k, step.fx, sleep=self.sleep)
             if status == "retired":
                 # Another process retired this version: forget it here too, and go again
                 # with the newest left (or fail: nothing runs the workflow any more).
@@ -286,7 +286,7 @@ class Coordinator:
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
                          c.token, c.builder, k.member, c.run)
                 return None
-            status, reply = self.store.cas(step.ops, snap)
+            status, reply = self.store.cas(step.ops, snap, k, step.fx, sleep=self.sleep)
             if status == "conflict":
                 snap = reply
                 continue
@@ -369,14 +369,16 @@ class Coordinator:
         return recovery.reconcile(self._look, self.store, self.registry, self.clock(),
                                   limit, self.settings.reconcile_interval)
 
-    def _look(self, workflow: str, instance_id: str, counts: dict[str, int]) -> None:
-        lifecycle.look(self, workflow, instance_id, counts)
+    def _look(self, workflow: str, instance_id: str, seen: float, counts: dict[str, int]
+              ) -> None:
+        lifecycle.look(self, workflow, instance_id, seen, counts)
 
     def change(self, workflow: str, instance_id: str,
-               decide: Callable[[Graph, Snapshot], Step | None]) -> Step | None:
+               decide: Callable[[Graph, Snapshot], Step | None], seen: float | None = None
+               ) -> Step | None:
         """Apply one transition under the fence: read, `decide`, apply, and on a conflict
         decide again from the newer state. Returns the step that applied (its messages sent),
-        or None if `decide` found nothing to do."""
+        or None if `decide` found nothing to do. `seen`: the index score a reconciler read."""
         k = self.store.keys(workflow, instance_id)
         while True:
             snap, _ = self.store.snapshot(k)
@@ -384,7 +386,7 @@ class Coordinator:
             step = decide(graph, snap)
             if step is None:
                 return None
-            status, _ = self.store.cas(step.ops, snap)
+            status, _ = self.store.cas(step.ops, snap, k, step.fx, seen, self.sleep)
             if status == "applied":
                 self._log_failures(k, step)
                 if step.sends:

@@ -12,9 +12,13 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
     pc:{wf/id}:late           HASH  datum -> JSON             produced after the instance closed
     pc:{wf/id}:run:INC:N      HASH  datum -> JSON, _outcome, _op:B:T   run N of incarnation INC
     pc:{wf/id}:wake:INC:N     LIST                            pushed once when that run settles
-    pc:index                  ZSET  wf/id -> when to look     instances the reconciler watches
-    pc:live:wf:version        SET   instance ids              instances pinned to a version
-    pc:retired:wf             SET   versions                  versions retired for good
+    pc:{index:B}              ZSET  wf/id -> when to look     instances the reconciler watches
+    pc:{live:wf:V:B}          SET   instance ids              instances pinned to version V
+    pc:{retired:wf}           SET   versions                  versions retired for good
+    pc:{retired:wf}:pending:V STRING                          a retirement of V in progress
+
+The shared keys are sharded in BUCKETS buckets (B, from a hash of `wf/id`), each its own cluster
+slot: no script crosses slots, and no single key is hot. See stores/shared.py.
 
 The incarnation (`inc`) is a fresh id each time an instance is created from nothing: after a
 delete, or after its keys expired under `retention`. Every message, claim, commit and run key
@@ -25,8 +29,9 @@ again at 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 LASTING = ("data", "state", "lease", "deltas", "seq", "log", "history", "late")
@@ -66,22 +71,17 @@ class Keys:
         return f"{self.tag}:wake:{inc}:{run}"
 
 
-@dataclass(frozen=True)
-class Globals:
-    """The few keys shared by every instance: the reconciler's index and the version sets."""
+@dataclass
+class Effects:
+    """What a step does to the keys every instance shares (the reconciler's index, the sets of
+    instances pinned to each version). Those live in other cluster slots than the instance's
+    own keys, so the store applies them beside the step's script, not in it (stores/shared.py
+    says in what order, and why that is safe)."""
 
-    prefix: str
-
-    @property
-    def index(self) -> str:
-        return f"{self.prefix}:index"
-
-    def live(self, workflow: str, version: int) -> str:
-        """The set of instances pinned to one workflow version (what blocks its retirement)."""
-        return f"{self.prefix}:live:{workflow}:{version}"
-
-    def retired(self, workflow: str) -> str:
-        return f"{self.prefix}:retired:{workflow}"
+    touch: float = math.inf  # the reconciler must look at the instance no later than this
+    watch: float | None = None  # the next look, exactly (math.inf: nothing left to watch)
+    pins: list[tuple[str, int]] = field(default_factory=list)  # (workflow, version) taken
+    unpins: list[tuple[str, int]] = field(default_factory=list)  # ... and given up
 
 
 @dataclass(frozen=True)
@@ -101,16 +101,20 @@ class Snapshot:
 class Ops:
     """A list of operations for cas.lua, with their keys numbered as the script expects.
 
-    Besides plain writes the script knows three guards: EXPECT (abort unless a hash field holds
-    a value), ONCE (a mark naming this very write: if it is already there the write was applied
-    before, and the caller is told so instead of a conflict) and NOTIN (abort unless a set lacks
-    a member). See cas.lua.
+    Besides plain writes the script knows two guards: EXPECT (abort unless a hash field holds
+    a value) and ONCE (a mark naming this very write: if it is already there the write was
+    applied before, and the caller is told so instead of a conflict). See cas.lua.
     """
 
     def __init__(self, state_key: str, data_key: str) -> None:
         self.keys: list[str] = [state_key, data_key]
         self.args: list[Any] = []
         self.reads = 0
+
+    def copy(self) -> Ops:
+        other = Ops.__new__(Ops)
+        other.keys, other.args, other.reads = list(self.keys), list(self.args), self.reads
+        return other
 
     def _key(self, key: str) -> int:
         try:

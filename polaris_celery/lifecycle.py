@@ -15,6 +15,7 @@ from typing import Protocol
 from . import codec, transitions
 from .errors import UnknownWorkflow, VersionInUse
 from .graph import Graph
+from .instance import InstanceDoc
 from .layout import Snapshot
 from .machine import Machine, Step
 from .registry import Registry, check_instance_id
@@ -31,7 +32,8 @@ class Instances(Protocol):
     clock: Callable[[], float]
 
     def change(self, workflow: str, instance_id: str,
-               decide: Callable[[Graph, Snapshot], Step | None]) -> Step | None: ...
+               decide: Callable[[Graph, Snapshot], Step | None], seen: float | None = None
+               ) -> Step | None: ...
 
 
 def _checked(c: Instances, workflow: str, instance_id: str) -> Graph:
@@ -89,17 +91,41 @@ def delete(c: Instances, workflow: str, instance_id: str) -> None:
 
 def retire(c: Instances, workflow: str, version: int) -> None:
     """Retire `version` of `workflow` for good, once no live instance runs on it (raises
-    VersionInUse naming them otherwise), and forget it in this process. Atomic with submits:
-    none can pin an instance to it afterwards."""
+    VersionInUse naming them otherwise), and forget it in this process. Safe against submits
+    racing it on any worker: none can pin an instance to it afterwards (stores/shared.py)."""
     if version not in c.registry.versions(workflow):
         raise UnknownWorkflow(f"{workflow} v{version}")
-    live = c.store.retire(workflow, version)
-    if live:
-        raise VersionInUse(workflow, version, live)
+    store = c.store
+    store.retiring(workflow, version, True)
+    in_use: list[str] = []
+    try:
+        for instance_id in store.live_instances(workflow, version):
+            if _holds(c, workflow, instance_id, version):
+                in_use.append(instance_id)
+            else:
+                store.drop_live(workflow, version, store.keys(workflow, instance_id))
+    finally:
+        store.retiring(workflow, version, False, retired=not in_use)
+    if in_use:
+        raise VersionInUse(workflow, version, in_use)
     c.registry.unregister(workflow, version)
 
 
-def look(c: Instances, workflow: str, instance_id: str, counts: dict[str, int]) -> None:
+def _holds(c: Instances, workflow: str, instance_id: str, version: int) -> bool:
+    """Whether the instance is pinned to `version`; if not, its state is bumped (fenced), so
+    that a submit that read it before fails its script and meets the retirement's mark."""
+    k = c.store.keys(workflow, instance_id)
+    while True:
+        snap, _ = c.store.snapshot(k)
+        if snap.exists and InstanceDoc.version_of(snap) == version:
+            return True
+        status, _ = c.store.cas(transitions.bump(k, snap), snap, k)
+        if status == "applied":
+            return False
+
+
+def look(c: Instances, workflow: str, instance_id: str, seen: float, counts: dict[str, int]
+         ) -> None:
     """The reconciler's look at one instance (see recovery.py for which, and when)."""
     k = c.store.keys(workflow, instance_id)
 
@@ -109,7 +135,7 @@ def look(c: Instances, workflow: str, instance_id: str, counts: dict[str, int]) 
         return transitions.look(c.machine, graph, k, snap, c.store.leases(k), c.clock())
 
     counts["instances"] += 1
-    step = c.change(workflow, instance_id, decide)
+    step = c.change(workflow, instance_id, decide, seen)
     if step is not None:
         counts["lost"] += len(step.failures)
         counts["resent"] += len(step.sends) - len(step.failures)

@@ -15,6 +15,7 @@ made lasting (an instance re-opened) or set to expire (finished, with `retention
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
-from .layout import Globals, Keys, Ops, Snapshot
+from .layout import Effects, Keys, Ops, Snapshot
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Step:
     inline: str | None = None  # a successor claimed by this step, to run in the same process
     doc: str = ""  # the document as this step writes it
     names: frozenset[str] = frozenset()  # the instance's data names after it (commit only)
+    fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
 
 
@@ -44,31 +46,32 @@ def new_step(k: Keys) -> Step:
 class Machine:
     """Pure decisions for every instance: settings, global key names and who is deciding."""
 
-    def __init__(self, settings: Settings, globals_: Globals, worker_name: str) -> None:
+    def __init__(self, settings: Settings, worker_name: str) -> None:
         self.settings = settings
-        self.globals = globals_
         self.worker_name = worker_name
 
     # -- building blocks --------------------------------------------------------------------
 
-    def index(self, k: Keys, step: Step, when: float) -> None:
+    @staticmethod
+    def index(k: Keys, step: Step, when: float) -> None:
         """Bring the instance's next look by the reconciler forward to `when` (never later)."""
-        step.ops.add("ZADD", self.globals.index, "LT", f"{when:.3f}", k.member)
+        step.fx.touch = min(step.fx.touch, when)
 
-    def pin(self, graph: Graph, k: Keys, doc: InstanceDoc, step: Step) -> None:
-        """Pin the instance to `graph`'s version, refused (atomically) if it was retired."""
+    @staticmethod
+    def pin(graph: Graph, k: Keys, doc: InstanceDoc, step: Step) -> None:
+        """Pin the instance to `graph`'s version (refused by the store if it was retired)."""
         if doc.version == graph.version:
             return
         if doc.version:
-            step.ops.add("SREM", self.globals.live(graph.key, doc.version), k.instance_id)
-        step.ops.add("NOTIN", self.globals.retired(graph.key), str(graph.version))
-        step.ops.add("SADD", self.globals.live(graph.key, graph.version), k.instance_id)
+            step.fx.unpins.append((graph.key, doc.version))
+        step.fx.pins.append((graph.key, graph.version))
         doc.version = graph.version
 
-    def unpin(self, workflow: str, k: Keys, doc: InstanceDoc, step: Step) -> None:
+    @staticmethod
+    def unpin(workflow: str, k: Keys, doc: InstanceDoc, step: Step) -> None:
         """The instance no longer holds its version (it finished, restarts or goes)."""
         if doc.version:
-            step.ops.add("SREM", self.globals.live(workflow, doc.version), k.instance_id)
+            step.fx.unpins.append((workflow, doc.version))
             doc.version = 0
 
     def dispatch(self, graph: Graph, k: Keys, inc: str, run: RunState, ready: list[str],
@@ -183,12 +186,11 @@ class Machine:
         ops = step.ops
         if doc.finished:
             self.unpin(graph.key, k, doc, step)
-            ops.add("ZREM", self.globals.index, k.member)
+            step.fx.watch = math.inf
         elif not doc.runs and doc.deadline is not None and doc.status == "open":
-            # Paused: the deadline is all there is left to watch.
-            ops.add("ZADD", self.globals.index, f"{doc.deadline:.3f}", k.member)
+            step.fx.watch = doc.deadline  # paused: the deadline is all there is left to watch
         elif not doc.runs:
-            ops.add("ZREM", self.globals.index, k.member)
+            step.fx.watch = math.inf
         if not write:
             return
         doc.updated = now

@@ -16,13 +16,14 @@ alone, so nothing runs after it whoever gets there first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from .errors import InstanceClosed
 from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, lease_field, parse_lease, queued_lease
-from .layout import Keys, Snapshot
+from .layout import Keys, Ops, Snapshot
 from .machine import Machine, Step, new_step
 
 #: The longest wait between two re-sends of one queued builder (seconds).
@@ -152,11 +153,22 @@ def lose(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
     return step
 
 
+def bump(k: Keys, snap: Snapshot) -> Ops:
+    """A write that changes nothing but the state's version, so that every step decided from
+    the state as it was fails its script. On an instance that does not exist it leaves a
+    version behind for a minute (a submit creating it meanwhile keeps and persists it)."""
+    ops = Ops(k.state, k.data)
+    ops.hset(k.state, {"v": snap.version + 1})
+    if not snap.exists:
+        ops.add("EXPIRE", k.state, 60)
+    return ops
+
+
 def forget(m: Machine, k: Keys) -> Step:
     """The reconciler found only the index entry of an instance that is gone (deleted, or
     expired): drop it, fenced on the instance still not existing."""
     step = new_step(k)
-    step.ops.add("ZREM", m.globals.index, k.member)
+    step.fx.watch = math.inf
     return step
 
 
@@ -176,7 +188,7 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
         return step
     left = dict(leases)
     next_look = doc.deadline if doc.deadline is not None and doc.status == "open" \
-        and not doc.finished else float("inf")
+        and not doc.finished else math.inf
     changed = False
     for run in list(doc.runs.values()):
         for builder, token in list(run.active.items()):
@@ -210,8 +222,7 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
         step.ops.add("HDEL", k.lease, orphan)
         changed = True
     if doc.runs:
-        when = next_look if next_look != float("inf") else now + m.settings.dispatch_timeout
-        step.ops.add("ZADD", m.globals.index, f"{when:.3f}", k.member)
+        step.fx.watch = next_look if next_look != math.inf else now + m.settings.dispatch_timeout
     m.seal(graph, k, snap, reopened, doc, step, now, write=changed)
     return step
 
@@ -277,7 +288,7 @@ def delete(m: Machine, graph: Graph, k: Keys, snap: Snapshot, now: float) -> Ste
     step = new_step(k)
     m.close(graph, k, snap.inc, doc, step, now, "deleted")
     m.unpin(graph.key, k, doc, step)
-    step.ops.add("ZREM", m.globals.index, k.member)
+    step.fx.watch = math.inf
     for key in k.lasting:
         step.ops.add("DEL", key)
     return step

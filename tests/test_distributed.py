@@ -150,7 +150,7 @@ def test_reconciler_is_idempotent_when_nothing_is_due(celery_env: CeleryEnv, iid
     assert all(c["resent"] == 0 and c["lost"] == 0 for c in counts)
     assert calls(iid) == ["BA", "BB", "BC"]
     member = f"dbf/{iid}"
-    assert celery_env.store.client.zscore(celery_env.store.index_key, member) is None
+    assert celery_env.store.index_score(celery_env.store.keys(*member.split("/", 1))) is None
 
 
 def test_rabbitmq_broker(redis_server, iid):

@@ -95,7 +95,7 @@ def test_deadline_times_out_a_paused_instance(celery_env: CeleryEnv, iid):
         time.sleep(0.1)
     assert doc(celery_env, "dbf", iid)["status"] == "timed_out"
     member = f"dbf/{iid}"
-    assert celery_env.store.client.zscore(celery_env.store.index_key, member) is None
+    assert celery_env.store.index_score(celery_env.store.keys(*member.split("/", 1))) is None
 
 
 def test_deadline_ends_a_run_in_flight(celery_env: CeleryEnv, iid):

@@ -33,6 +33,9 @@ log = logging.getLogger("polaris_celery")
 
 TASK_PREFIX = "polaris"
 RECONCILE_TASK = "polaris.reconcile"
+#: How often a message for a builder or version this worker lacks is handed on (about once a
+#: second) before it is dropped; the reconciler re-sends a dropped one.
+HAND_OFF_HOPS = 600
 
 #: The Celery settings the library sets, and why (the README's configuration table lists them).
 SAFE_SETTINGS: dict[str, Any] = {
@@ -155,7 +158,7 @@ class CeleryExecutor:
         # memory, a hard time limit) is re-run at once rather than when its lease ends; and a
         # message for a workflow this worker does not have is named for what it is.
         signals.task_failure.connect(self._on_task_failure, weak=False)
-        signals.task_unknown.connect(_on_unknown_task, weak=False)
+        signals.task_unknown.connect(self._on_unknown_task, weak=False)
         if reconciler:
             app.steps["worker"].add(_reconciler_step(self))
 
@@ -280,7 +283,7 @@ class CeleryExecutor:
                          kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         name = getattr(sender, "name", "")
         target = self._builders.get(name)
-        if target is None or getattr(sender, "app", None) is not self.app \
+        if target is None or not self._mine(sender) \
                 or not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
             return
         workflow, builder = target
@@ -296,6 +299,36 @@ class CeleryExecutor:
             log.warning("polaris: %s for %s run %s attempt %s lost its process (%s); running "
                         "it again", name, kw.get("instance"), kw.get("run"), kw.get("attempt"),
                         type(exception).__name__)
+
+    def _mine(self, sender: Any) -> bool:
+        """Signals are process-wide: this executor answers only for its own app."""
+        return getattr(sender, "app", None) is self.app
+
+    def _on_unknown_task(self, sender: Any = None, message: Any = None, name: str = "",
+                         **_: Any) -> None:
+        """A message for a builder this worker lacks. Of a workflow it has, the builder is one
+        of a newer version (a deploy in progress): hand it on, as for an unknown version. Of a
+        workflow it lacks: drop it, named; a worker that has it re-sends it (reconciler)."""
+        if not name.startswith(TASK_PREFIX + ".") or not self._mine(sender):
+            return
+        workflow = name[len(TASK_PREFIX) + 1:].rpartition(".")[0]
+        hops = int(((message.headers or {}) if message is not None else {}).get("retries") or 0)
+        if workflow in self.registry and message is not None and hops < HAND_OFF_HOPS:
+            try:
+                _, kwargs, _ = message.decode()
+                self.app.send_task(name, kwargs=kwargs, countdown=1, retries=hops + 1,
+                                   queue=(message.delivery_info or {}).get("routing_key"),
+                                   ignore_result=True, argsrepr="()",
+                                   kwargsrepr=repr(kwargs))
+            except Exception as exc:  # a malformed message: rejected below
+                log.warning("polaris: could not hand %s on: %s", name, exc)
+            else:
+                log.info("polaris: %s is not here (a newer version's builder); passed on", name)
+                return
+        rejected = MessageRejected(
+            f"{name}: this worker has no such workflow or builder; the message is dropped, and "
+            "the reconciler of a worker that has it sends the builder again")
+        log.error("polaris: %s: %s", type(rejected).__name__, rejected)
 
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
         for i, d in enumerate(dispatches):
@@ -315,14 +348,6 @@ class CeleryExecutor:
                 argsrepr="()",
                 kwargsrepr=repr(kwargs),
             )
-
-
-def _on_unknown_task(sender: Any = None, name: str = "", **_: Any) -> None:
-    if name.startswith(TASK_PREFIX + "."):
-        rejected = MessageRejected(
-            f"{name}: this worker has no such workflow or builder; the message is dropped, and "
-            "the reconciler of a worker that has it sends the builder again")
-        log.error("polaris: %s: %s", type(rejected).__name__, rejected)
 
 
 def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
@@ -356,7 +381,7 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             # Another worker runs that version (a deploy in progress): hand the message on.
             log.info("polaris: %s v%s not here; passing %s run %s on", workflow, version,
                      instance, run)
-            raise task.retry(countdown=1, max_retries=None) from None
+            raise task.retry(countdown=1, max_retries=HAND_OFF_HOPS) from None
         except PolarisError:
             log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
             raise

@@ -1,5 +1,6 @@
 -- Claim a dispatched builder for one attempt and load what it needs, in one round trip.
--- KEYS: state hash, data hash, lease hash, run hash (run results and transients), index.
+-- KEYS: state hash, data hash, lease hash, run hash (run results and transients), and on a
+--       single node the instance's index bucket (a cluster touches it apart: other slot).
 -- ARGV: lease field, token, lease value when running, claim id, incarnation, lease deadline,
 --       index member, #data names, data names..., run names...
 -- The claim moves the lease from queued ("token|q|deadline|resends") to running
@@ -15,7 +16,7 @@ local tok, st, _, tag = string.match(cur, '^(%d+)|(%a)|([^|]*)|?(.*)$')
 if tok ~= ARGV[2] then return {'stale'} end
 if st == 'q' then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-  redis.call('ZADD', KEYS[5], 'LT', ARGV[6], ARGV[7])
+  if #KEYS >= 5 then redis.call('ZADD', KEYS[5], 'LT', ARGV[6], ARGV[7]) end
 elseif tag ~= ARGV[4] then
   return {'dup'}
 end

@@ -3,7 +3,6 @@
 -- ARGV[1] = the version and ARGV[2] the incarnation the caller computed its writes from.
 -- ARGV[3..] = ops, each: name, key index, arg count, args...
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
---   NOTIN k member         abort with {3, member} if the set k holds member
 --   ONCE k field value     written (HSET) with the rest; on a conflict, if k already holds it,
 --                          the caller's write was applied before (its reply was lost): {2, v}
 --   HMGET / HKEYS          reads whose replies are returned, in order
@@ -36,8 +35,6 @@ if v ~= ARGV[1] or (st[2] or '') ~= ARGV[2] then return conflict() end
 for _, op in ipairs(ops) do
   if op[1] == 'EXPECT' then
     if (redis.call('HGET', op[2], op[3][1]) or '') ~= op[3][2] then return conflict() end
-  elseif op[1] == 'NOTIN' then
-    if redis.call('SISMEMBER', op[2], op[3][1]) == 1 then return {3, op[3][1]} end
   end
 end
 local reads = {}
@@ -49,7 +46,7 @@ for _, op in ipairs(ops) do
     redis.call('HSET', op[2], op[3][1], op[3][2])
   elseif WRITES[name] then
     redis.call(name, op[2], unpack(op[3]))
-  elseif name ~= 'EXPECT' and name ~= 'NOTIN' then
+  elseif name ~= 'EXPECT' then
     return redis.error_reply('polaris cas: operation not allowed: ' .. name)
   end
 end

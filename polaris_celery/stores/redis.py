@@ -6,6 +6,7 @@ writes only if the instance's version is still the one they were computed from.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -13,12 +14,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreUnavailable
-from ..layout import Globals, Keys, Ops, Snapshot
+from ..layout import Effects, Keys, Ops, Snapshot
+from .shared import Shared
 
 T = TypeVar("T")
 
@@ -31,6 +34,50 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def _auth(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    got: dict[str, Any] = {}
+    if parts.username:
+        got["username"] = parts.username
+    if parts.password:
+        got["password"] = parts.password
+    if parts.scheme.startswith("rediss"):
+        got["ssl"] = True
+    return got
+
+
+def connect(url: str, kwargs: dict[str, Any]) -> Any:
+    """A client for `url`: a cluster client for `redis+cluster://h:p[,h:p...]` (or
+    `rediss+cluster://`), and for a `redis://` URL that names a node of a cluster (detected
+    from INFO); a plain client otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme.endswith("+cluster"):
+        hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+        nodes = [_node(h) for h in hosts]
+        return RedisCluster(startup_nodes=nodes, **_auth(url), **_cluster_kwargs(kwargs))
+    client = redis.Redis.from_url(url, **kwargs)
+    if parts.scheme in ("redis", "rediss"):
+        try:
+            enabled = client.info("cluster").get("cluster_enabled") == 1
+        except RedisError:
+            enabled = False  # unreachable now: the first command says so, clearly
+        if enabled:
+            client.close()
+            return RedisCluster(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+                                **_auth(url), **_cluster_kwargs(kwargs))
+    return client
+
+
+def _node(hostport: str) -> Any:
+    host, _, port = hostport.rpartition(":")
+    return ClusterNode(host, int(port))  # type: ignore[no-untyped-call]
+
+
+def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A cluster client has no database other than 0 and keeps its own health checks.
+    return {k: v for k, v in kwargs.items() if k not in ("db", "health_check_interval")}
 
 
 def _script(name: str) -> str:
@@ -61,14 +108,14 @@ class RedisStore:
         self._redis_kwargs = dict(redis_kwargs)
         # Typed as Any: redis-py's annotations cover str and bytes replies at once, and this
         # module (the only one talking to redis) decodes every reply itself.
-        self.client: Any = redis.Redis.from_url(url, **redis_kwargs)
+        self.client: Any = connect(url, redis_kwargs)
+        self.cluster = isinstance(self.client, RedisCluster)
         # Blocking reads (BLPOP in wait()) carry their own timeout; redis-py 8's default socket
         # timeout would cut them off, so they use a pool without one.
-        blocking = dict(redis_kwargs, socket_timeout=None)
-        self.blocking: Any = redis.Redis.from_url(url, **blocking)
+        self.blocking: Any = connect(url, dict(redis_kwargs, socket_timeout=None))
+        self.shared = Shared(self.client, prefix)
         self._cas = self.client.register_script(_script("cas.lua"))
         self._begin = self.client.register_script(_script("begin.lua"))
-        self._retire = self.client.register_script(_script("retire.lua"))
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, prefix={self.prefix!r})"
@@ -76,40 +123,36 @@ class RedisStore:
     def keys(self, workflow: str, instance_id: str) -> Keys:
         return Keys(self.prefix, workflow, instance_id)
 
-    @property
-    def globals(self) -> Globals:
-        return Globals(self.prefix)
-
-    @property
-    def index_key(self) -> str:
-        return self.globals.index
-
-    def live_key(self, workflow: str, version: int) -> str:
-        return self.globals.live(workflow, version)
-
     def live_instances(self, workflow: str, version: int) -> list[str]:
-        got = _wrap(lambda: self.client.smembers(self.live_key(workflow, version)), "reading")
-        return sorted(m.decode() for m in got)
+        return _wrap(lambda: self.shared.live_instances(workflow, version), "reading")
 
-    def retire(self, workflow: str, version: int) -> list[str]:
-        """Mark `version` retired unless instances are pinned to it (then: those instances).
-        Atomic with every submit, whose commit refuses to pin an instance to a retired
-        version: no instance can slip onto it between the check and the mark."""
-        g = self.globals
-        got = _wrap(lambda: self._retire(keys=[g.live(workflow, version), g.retired(workflow)],
-                                         args=[version]), "retiring a version")
-        return sorted(m.decode() for m in got)
+    def drop_live(self, workflow: str, version: int, k: Keys) -> None:
+        _wrap(lambda: self.shared.drop_live(workflow, version, k.instance_id, k.member),
+              "unpinning")
 
-    def retired(self, workflow: str) -> set[int]:
-        got = _wrap(lambda: self.client.smembers(self.globals.retired(workflow)), "reading")
-        return {int(m) for m in got}
+    def retiring(self, workflow: str, version: int, start: bool, retired: bool = False) -> None:
+        """Mark a retirement of `version` pending (start), or end it, retired or not."""
+        if start:
+            _wrap(lambda: self.shared.begin_retiring(workflow, version), "retiring")
+        else:
+            _wrap(lambda: self.shared.end_retiring(workflow, version, retired), "retiring")
+
+    def index_score(self, k: Keys) -> float | None:
+        """When the reconciler will next look at the instance (None: it does not watch it)."""
+        return _wrap(lambda: self.shared.score(k.member), "reading the index")
 
     def async_client(self) -> Any:
         """A fresh asyncio client (use as `async with`), for waiting without blocking a thread."""
         import redis.asyncio
+        import redis.asyncio.cluster
 
         kwargs = dict(self._redis_kwargs, socket_timeout=None)
         kwargs.pop("health_check_interval", None)
+        if self.cluster:
+            nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port)
+                     for n in self.client.get_primaries()]
+            return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **_auth(self.url),
+                                                      **kwargs)
         return redis.asyncio.Redis.from_url(self.url, **kwargs)
 
     def ping(self) -> bool:
@@ -169,22 +212,36 @@ class RedisStore:
 
         return _wrap(go, "reading instance state")
 
-    def cas(self, ops: Ops, expected: Snapshot) -> tuple[str, Any]:
-        """Apply `ops` if the instance is still at `expected` (version and incarnation).
+    def cas(self, ops: Ops, expected: Snapshot, k: Keys, fx: Effects | None = None,
+            seen: float | None = None, sleep: Callable[[float], None] = time.sleep
+            ) -> tuple[str, Any]:
+        """Apply `ops` if the instance is still at `expected` (version and incarnation), with
+        `fx` on the shared keys (see stores/shared.py; `seen`: the index score a reconciler
+        read before its look).
 
         Returns ("applied", reads), ("conflict", the newer snapshot to recompute from),
         ("done", None) when a ONCE mark shows this very write was applied before, or
         ("retired", version) when it would pin an instance to a retired version."""
+        fx = fx or Effects()
+        shared = self.shared
+        retired = _wrap(lambda: shared.pin(fx, k.member, k.instance_id, sleep), "pinning")
+        if retired is not None:
+            return "retired", retired
+        if self.cluster:
+            _wrap(lambda: shared.before(fx, k.member), "touching the index")
+        else:
+            ops = ops.copy()
+            shared.in_script(ops, fx, k.member, k.instance_id)
         reply = _wrap(lambda: self._cas(keys=ops.keys,
                                         args=[expected.version, expected.inc, *ops.args]),
                       "committing")
         code = int(reply[0])
+        if code in (1, 2) and self.cluster:
+            _wrap(lambda: shared.after(fx, k.member, k.instance_id, seen), "settling the index")
         if code == 1:
             return "applied", list(reply[2])
         if code == 2:
             return "done", None
-        if code == 3:
-            return "retired", int(reply[1])
         return "conflict", Snapshot(int(reply[1]), _text(reply[2]),
                                     frozenset(n.decode() for n in reply[3]), _text(reply[4]))
 
@@ -193,10 +250,15 @@ class RedisStore:
         claim: str, data_names: Sequence[str], run_names: Sequence[str], run: int,
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
         """Claim a queued attempt and load its inputs: (status, snapshot, name -> raw).
-        Idempotent for one claim id, so a caller whose reply was lost may simply ask again."""
+        Idempotent for one claim id, so a caller whose reply was lost may simply ask again.
+        The instance's next look comes forward to the running lease's end (in the script on a
+        single node; just after it on a cluster)."""
+        keys = [k.state, k.data, k.lease, k.run(inc, run)]
+        if not self.cluster:
+            keys.append(self.shared.index_of(k.member))
         reply = _wrap(
             lambda: self._begin(
-                keys=[k.state, k.data, k.lease, k.run(inc, run), self.index_key],
+                keys=keys,
                 args=[field, token, lease_value, claim, inc, f"{lease_ends:.3f}", k.member,
                       len(data_names), *data_names, *run_names],
             ),
@@ -205,6 +267,8 @@ class RedisStore:
         status = _text(reply[0])
         if status != "ok":
             return status, None, {}
+        if self.cluster:
+            _wrap(lambda: self.shared.touch(k.member, lease_ends), "touching the index")
         snap = Snapshot(int(reply[1]), _text(reply[2]), frozenset(n.decode() for n in reply[3]),
                         inc)
         raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
@@ -215,22 +279,13 @@ class RedisStore:
         got = _wrap(lambda: self.client.hgetall(k.lease), "reading leases")
         return {f.decode(): v.decode() for f, v in got.items()}
 
-    def due(self, now: float, start: int, count: int) -> list[str]:
-        """Up to `count` instances due for a look by `now`, from the `start`th on."""
-        got = _wrap(
-            lambda: self.client.zrangebyscore(self.index_key, "-inf", now, start=start,
-                                              num=count),
-            "scanning the index",
-        )
-        return [m.decode() for m in got]
+    def due(self, now: float, limit: int, rng: random.Random) -> list[tuple[str, float]]:
+        """Up to `limit` (instance, index score) due for a look by `now` (see Shared.due)."""
+        return _wrap(lambda: self.shared.due(now, limit, rng), "scanning the index")
 
-    def due_count(self, now: float) -> int:
-        return int(_wrap(lambda: self.client.zcount(self.index_key, "-inf", now), "counting"))
-
-    def postpone(self, member: str, when: float) -> None:
-        """Look at `member` again at `when` (only if it is still watched, and no sooner)."""
-        _wrap(lambda: self.client.zadd(self.index_key, {member: when}, xx=True, gt=True),
-              "postponing")
+    def postpone(self, member: str, seen: float, when: float) -> None:
+        """Look at `member` again at `when`, unless a step touched it since it was read."""
+        _wrap(lambda: self.shared.settle(member, seen, when), "postponing")
 
     def run_outcome(self, k: Keys, inc: str, run: int) -> tuple[bytes | None, dict[str, bytes]]:
         """The settled outcome of a run and the data it produced, if it has settled."""
