@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -88,7 +89,8 @@ class _Claimed:
 class Coordinator:
     """Submits deltas, executes claimed attempts and reconciles, for one registry on Redis.
 
-    `clock` (seconds, like time.time), `sleep` and `ids` are injectable for simulation."""
+    `clock` (seconds, like time.time), `sleep`, `ids` and `rng` (where a reconciler pass
+    starts) are injectable, so a simulation can drive it deterministically."""
 
     def __init__(
         self,
@@ -102,6 +104,7 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         ids: Callable[[], str] = new_id,
+        rng: random.Random | None = None,
     ) -> None:
         if not isinstance(registry.store, RedisStore):
             raise ConfigurationError(
@@ -116,6 +119,7 @@ class Coordinator:
         self.clock = clock
         self.sleep = sleep
         self.ids = ids
+        self.rng = rng or random.Random()
         self.settings = settings or Settings()
 
     @property
@@ -367,7 +371,7 @@ class Coordinator:
     def reconcile(self, limit: int = 200) -> dict[str, int]:
         """One reconciler pass; safe anywhere, any number of times at once."""
         return recovery.reconcile(self._look, self.store, self.registry, self.clock(),
-                                  limit, self.settings.reconcile_interval)
+                                  limit, self.settings.reconcile_interval, self.rng)
 
     def _look(self, workflow: str, instance_id: str, seen: float, counts: dict[str, int]
               ) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ from typing import Any
 import redis
 
 PREFIX = "pc"
+
+
+def index_key(member: str) -> str:
+    """The index bucket of an instance: crc32 of `wf/id` over 16 buckets (layout.py)."""
+    return f"{PREFIX}:{{index:{zlib.crc32(member.encode()) % 16}}}"
 
 
 def key(workflow: str, instance: str, kind: str) -> str:
@@ -190,8 +196,8 @@ class Checker:
         leases = self.r.hgetall(key(wf, iid, "lease"))
         if leases:
             p.append(f"leases left: {leases}")
-        if self.r.zscore(f"{PREFIX}:index", f"{wf}/{iid}") is not None:
-            p.append("still in pc:index")
+        if self.r.zscore(index_key(f"{wf}/{iid}"), f"{wf}/{iid}") is not None:
+            p.append("still in the index")
         # 3./4./5. the log against the executions
         log = self.log(wf, iid)
         execs = self.executions(wf, iid)

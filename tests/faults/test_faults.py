@@ -25,7 +25,7 @@ from polaris_celery.instance import Settings
 
 from . import app as fapp
 from .harness import REPO, Cluster, LossyProxy
-from .invariants import Expect, Stats
+from .invariants import Expect, Stats, index_key
 from .producer import storm
 
 CHAIN_BUILDERS = [f"Chain{i}" for i in range(1, 6)]
@@ -574,8 +574,8 @@ def test_checker_catches_violations(cluster: Cluster) -> None:
          lambda: r.xdel(f"{tag}:log", added.pop())),
         ("leases left", lambda: r.hset(f"{tag}:lease", "1/First", "1|r|0"),
          lambda: r.delete(f"{tag}:lease")),
-        ("still in pc:index", lambda: r.zadd("pc:index", {"pair/chk": 1}),
-         lambda: r.zrem("pc:index", "pair/chk")),
+        ("still in the index", lambda: r.zadd(index_key("pair/chk"), {"pair/chk": 1}),
+         lambda: r.zrem(index_key("pair/chk"), "pair/chk")),
         ("attempt executed 2 times", lambda: fx.rpush(
             "fx:pair:chk", json.dumps({"b": "First", "run": 1, "attempt": 1, "ev": "start"})),
          lambda: fx.rpop("fx:pair:chk")),
