@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck demo bench soak clean
+.PHONY: install test lint typecheck demo bench sim soak clean
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -34,8 +34,11 @@ demo: install
 bench: install
 	$(BIN)/python -m bench
 
+sim: install
+	$(BIN)/pytest -q -ra -m sim tests/sim
+
 soak: install
-	$(BIN)/pytest -q -ra -m soak tests/faults
+	$(BIN)/pytest -q -ra -m soak tests/faults tests/sim
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -63,15 +63,21 @@ class Machine:
         if doc.version == graph.version:
             return
         if doc.version:
-            step.fx.unpins.append((graph.key, doc.version))
-        step.fx.pins.append((graph.key, graph.version))
+            Machine.unpin(graph.key, k, doc, step)
+        # The last word of a step on one version counts: pinning again what it gave up (a
+        # restart on the same version) must not leave the instance out of the version's set.
+        taken = (graph.key, graph.version)
+        step.fx.unpins = [u for u in step.fx.unpins if u != taken]
+        step.fx.pins.append(taken)
         doc.version = graph.version
 
     @staticmethod
     def unpin(workflow: str, k: Keys, doc: InstanceDoc, step: Step) -> None:
         """The instance no longer holds its version (it finished, restarts or goes)."""
         if doc.version:
-            step.fx.unpins.append((workflow, doc.version))
+            given = (workflow, doc.version)
+            step.fx.pins = [p for p in step.fx.pins if p != given]
+            step.fx.unpins.append(given)
             doc.version = 0
 
     def dispatch(self, graph: Graph, k: Keys, inc: str, run: RunState, ready: list[str],

@@ -195,10 +195,13 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
             fld = lease_field(run.id, builder)
             value = left.pop(fld, None)
             lease = parse_lease(value) if value is not None else None
+            # Every lease this look relies on is expected unchanged: a claim made meanwhile
+            # (which moves the lease, not the version) sends the look round again, instead of
+            # the look putting the next look after the claimed attempt's lease.
+            step.ops.add("EXPECT", k.lease, fld, value or "")
             if lease is not None and lease.token == token and lease.deadline > now:
                 next_look = min(next_look, lease.deadline)
                 continue
-            step.ops.add("EXPECT", k.lease, fld, value or "")
             changed = True
             if lease is None or lease.state == "q" or lease.token != token:
                 # Dispatched but not started: the message was lost or never sent, or it is

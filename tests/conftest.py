@@ -1,9 +1,13 @@
 """Fixtures over real parts: private redis-server processes and real Celery workers.
 
 - `redis_server`: one private redis-server for the session (a free port, its own directory).
+- `redis_cluster` / `redis_cluster_url`: one private Redis Cluster (3 primaries, 3 replicas) for
+  the session; `fresh_redis_cluster`: one of a test's own, for tests that kill nodes.
 - `celery_env`: a Celery app whose broker is that server (db 1) and whose registry stores in it
   (db 0), every scenario workflow registered, and an in-process worker on threads.
-- `run`: one callable, parametrized over the sequential, parallel and Celery executors, so every
+- `celery_cluster_env`: the same with the store on that Redis Cluster.
+- `run`: one callable, parametrized over the sequential, parallel and Celery executors (the last
+  on a single node and on the cluster), so every
   semantic test runs on all three.
 Tests never flush: each uses instance ids of its own (`iid`).
 """
@@ -21,7 +25,7 @@ from celery.contrib.testing.worker import start_worker
 from pydantic import BaseModel
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisServer
+from polaris_celery.devserver import RedisCluster, RedisServer
 
 from . import scenarios
 
@@ -35,6 +39,24 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    return redis_cluster.url
+
+
+@pytest.fixture
+def fresh_redis_cluster() -> Iterator[RedisCluster]:
+    """A cluster of the test's own: kill its nodes freely."""
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -73,6 +95,22 @@ def celery_env(redis_server: RedisServer) -> Iterator[CeleryEnv]:
 
 
 @pytest.fixture(scope="session")
+def celery_cluster_env(redis_server: RedisServer, redis_cluster: RedisCluster
+                       ) -> Iterator[CeleryEnv]:
+    """celery_env with the store on the Redis Cluster (the broker stays a plain Redis)."""
+    store_url = redis_cluster.url
+    broker_url = f"redis://127.0.0.1:{redis_server.port}/6"
+    app = make_app(broker_url, name="polaris-cluster-tests")
+    store = pc.RedisStore(store_url)
+    registry = scenarios.register_all(pc.Registry(store))
+    executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=5,
+                                 lease_grace=2)
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
+                      shutdown_timeout=10):
+        yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
+
+
+@pytest.fixture(scope="session")
 def memory_registry() -> pc.Registry:
     return scenarios.register_all(pc.Registry(pc.MemoryStore()))
 
@@ -80,7 +118,11 @@ def memory_registry() -> pc.Registry:
 Runner = Callable[..., pc.RunResult]
 
 
-@pytest.fixture(params=["sequential", "parallel", "celery"])
+def _env_of(executor_kind: str) -> str:
+    return "celery_cluster_env" if executor_kind == "celery-cluster" else "celery_env"
+
+
+@pytest.fixture(params=["sequential", "parallel", "celery", "celery-cluster"])
 def executor_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -88,8 +130,8 @@ def executor_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
     """run(key, instance_id, *data) -> RunResult on the parametrized executor."""
-    if executor_kind == "celery":
-        env: CeleryEnv = request.getfixturevalue("celery_env")
+    if executor_kind.startswith("celery"):
+        env: CeleryEnv = request.getfixturevalue(_env_of(executor_kind))
 
         def go(key: str, instance_id: str, *data: BaseModel) -> pc.RunResult:
             return env.executor.submit_delta(key, instance_id, *data).wait(timeout=30)
@@ -103,8 +145,8 @@ def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
 @pytest.fixture
 def stored(executor_kind: str, request: pytest.FixtureRequest) -> Callable[[str, str], set[str]]:
     """stored(key, instance_id) -> names of the data the instance holds, for that executor."""
-    if executor_kind == "celery":
-        store = request.getfixturevalue("celery_env").store
+    if executor_kind.startswith("celery"):
+        store = request.getfixturevalue(_env_of(executor_kind)).store
     else:
         store = request.getfixturevalue("memory_registry").store
     return lambda key, instance_id: set(store.data_names(key, instance_id))

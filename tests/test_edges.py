@@ -70,19 +70,22 @@ class Rig:
         return json.loads(raw) if raw else {}
 
 
-@pytest.fixture
-def rig(redis_url: str) -> Iterator[Callable[..., Rig]]:
+@pytest.fixture(params=["single", "cluster"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Callable[..., Rig]]:
+    """Rigs on the private redis-server, and on the private Redis Cluster (where the shared keys
+    are written beside the instance's script instead of in it)."""
+    url = request.getfixturevalue("redis_url" if request.param == "single"
+                                  else "redis_cluster_url")
     made: list[Rig] = []
 
     def make(**settings: Any) -> Rig:
-        made.append(Rig(redis_url, **settings))
+        made.append(Rig(url, **settings))
         return made[-1]
 
     yield make
     for r in made:
-        keys = list(r.r.scan_iter(f"{r.prefix}:*"))
-        if keys:
-            r.r.delete(*keys)
+        for key in r.r.scan_iter(f"{r.prefix}:*"):
+            r.r.delete(key)
 
 
 def test_1_retention_expiry_starts_a_new_incarnation(rig, iid):
