@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreUnavailable
@@ -87,7 +87,8 @@ def _script(name: str) -> str:
 def _wrap(fn: Callable[[], T], what: str) -> T:
     try:
         return fn()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError,
+            RedisClusterException, TryAgainError) as exc:
         raise StoreUnavailable(f"Redis unreachable while {what}: {exc}") from exc
 
 
