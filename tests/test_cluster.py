@@ -5,12 +5,19 @@ tests/faults kills a primary under worker processes."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisCluster
+from polaris_celery.coordinator import Coordinator
+from polaris_celery.devserver import RedisCluster, RedisServer
 
+from . import scenarios
 from .conftest import CeleryEnv
 from .scenarios import A, B, D, F, X, Y, seen
 
@@ -56,3 +63,41 @@ def test_lifecycle_on_a_cluster(celery_cluster_env: CeleryEnv, iid):
     k = celery_cluster_env.store.keys("dbf", iid)
     r = celery_cluster_env.store.client
     assert r.ttl(k.state) == -1 and r.ttl(k.run(first.incarnation, first.run)) > 0
+
+
+def test_min_replicas_ack_waits_for_a_replica(iid):
+    """With min_replicas_ack a change returns only once a replica has it (WAIT on the writing
+    connection); with no replica to ask, the change is refused as StoreUnavailable, and the
+    producer's retry under the same delta id finds it applied once a replica is there."""
+    with RedisServer(extra=["--repl-diskless-sync-delay", "0"]) as primary:
+        store = pc.RedisStore(primary.url, min_replicas_ack=1, replica_ack_timeout=0.2)
+        registry = scenarios.register_all(pc.Registry(store))
+        c = Coordinator(registry, lambda sends: None)
+        with pytest.raises(pc.StoreUnavailable, match="0 of the 1 replicas"):
+            c.submit("dbf", iid, [A(v=1)], delta_id="d1")
+        extra = ["--replicaof", "127.0.0.1", str(primary.port)]
+        with RedisServer(extra=extra) as replica:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and b"master_link_status:up" not in \
+                    redis.Redis(port=replica.port).execute_command("INFO", "replication"):
+                time.sleep(0.05)
+            ref = c.submit("dbf", iid, [A(v=1)], delta_id="d1")
+            assert ref.run == 1  # the refused-but-applied delta, once
+            # What the primary acknowledged is on the replica.
+            k = store.keys("dbf", iid)
+            assert redis.Redis(port=replica.port).hget(k.data, "A") == b'{"v":1}'
+        store.close()
+
+
+def test_min_replicas_ack_on_a_cluster(redis_cluster: RedisCluster, iid):
+    store = pc.RedisStore(redis_cluster.url, min_replicas_ack=1)
+    registry = scenarios.register_all(pc.Registry(store))
+    sent: list[Any] = []
+    c = Coordinator(registry, sent.extend)
+    ref = c.submit("dbf", iid, [A(v=1), B(v=1), D(v=0)])
+    while sent:
+        d = sent.pop(0)
+        c.execute(d.workflow, d.instance_id, d.run, d.builder, d.token, version=d.version,
+                  incarnation=d.incarnation)
+    assert c.result("dbf", iid, ref, timeout=5).get(F) == F(v=21)
+    store.close()

@@ -95,14 +95,23 @@ def _wrap(fn: Callable[[], T], what: str) -> T:
 class RedisStore:
     """Instance data and run coordination in Redis.
 
-    `url` takes redis://, rediss:// (TLS), unix:// and passwords/ACL users in the usual form;
-    extra keyword arguments go to redis-py (ssl_ca_certs=..., socket_timeout=...).
+    `url` takes redis://, rediss:// (TLS), unix://, redis+cluster://h:p[,h:p...] and
+    passwords/ACL users in the usual form; extra keyword arguments go to redis-py
+    (ssl_ca_certs=..., socket_timeout=...).
+
+    `min_replicas_ack`: every change to an instance returns only once that many replicas have
+    it (Redis `WAIT`, up to `replica_ack_timeout` seconds; fewer raise StoreUnavailable, and the
+    caller's retry finds the change applied). Redis replicates asynchronously, so without it a
+    failover can undo a change the primary acknowledged.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "pc",
+                 min_replicas_ack: int = 0, replica_ack_timeout: float = 1.0,
                  **redis_kwargs: Any) -> None:
         self.url = url
         self.prefix = prefix
+        self.min_replicas_ack = min_replicas_ack
+        self.replica_ack_timeout = replica_ack_timeout
         redis_kwargs.setdefault("socket_timeout", 10.0)
         redis_kwargs.setdefault("socket_connect_timeout", 5.0)
         redis_kwargs.setdefault("health_check_interval", 30)
@@ -233,9 +242,10 @@ class RedisStore:
         else:
             ops = ops.copy()
             shared.in_script(ops, fx, k.member, k.instance_id)
-        reply = _wrap(lambda: self._cas(keys=ops.keys,
-                                        args=[expected.version, expected.inc, *ops.args]),
-                      "committing")
+        reply = _wrap(lambda: self._acked(
+            k.state, lambda client: self._cas(keys=ops.keys, client=client,
+                                              args=[expected.version, expected.inc, *ops.args])),
+            "committing")
         code = int(reply[0])
         if code in (1, 2) and self.cluster:
             _wrap(lambda: shared.after(fx, k.member, k.instance_id, seen), "settling the index")
@@ -245,6 +255,23 @@ class RedisStore:
             return "done", None
         return "conflict", Snapshot(int(reply[1]), _text(reply[2]),
                                     frozenset(n.decode() for n in reply[3]), _text(reply[4]))
+
+    def _acked(self, key: str, script: Callable[[Any], Any]) -> Any:
+        """Run `script` (on `key`'s node), then, with min_replicas_ack, WAIT on the very same
+        connection: WAIT counts the replicas that have that connection's writes."""
+        if not self.min_replicas_ack:
+            return script(self.client)
+        node = self.client.get_node_from_key(key).redis_connection if self.cluster \
+            else self.client
+        pipe = node.pipeline(transaction=False)
+        script(pipe)
+        pipe.execute_command("WAIT", self.min_replicas_ack,
+                             int(self.replica_ack_timeout * 1000))
+        reply, acked = pipe.execute()
+        if int(acked) < self.min_replicas_ack:
+            raise RedisConnectionError(f"the write reached {acked} of the "
+                                       f"{self.min_replicas_ack} replicas asked for")
+        return reply
 
     def begin(
         self, k: Keys, inc: str, field: str, token: int, lease_value: str, lease_ends: float,
