@@ -43,7 +43,7 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False,
                  directory: str | None = None, extra: list[str] | None = None,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, config_file: bool = False) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise ConfigurationError("redis-server is not installed (Debian: apt-get install "
@@ -55,6 +55,9 @@ class RedisServer:
         self.directory = directory or tempfile.mkdtemp(prefix="polaris-redis-")
         self.extra = extra or []
         self.tls = tls  # (certificate, key): serve TLS only, on `port`
+        # A config file of its own (empty, then rewritten by the server): what a Sentinel
+        # (`extra=["--sentinel", ...]`) needs.
+        self.config_file = config_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,8 +77,13 @@ class RedisServer:
             ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
                      "--tls-key-file", key, "--tls-ca-cert-file", cert,
                      "--tls-auth-clients", "no"]
+        config: list[str] = []
+        if self.config_file:
+            path = Path(self.directory) / "redis.conf"
+            path.touch()
+            config = [str(path)]
         args = [
-            self.exe, *ports, "--bind", "127.0.0.1", "--dir", self.directory,
+            self.exe, *config, *ports, "--bind", "127.0.0.1", "--dir", self.directory,
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
             "--logfile", str(Path(self.directory) / "redis.log"),
         ]

@@ -77,10 +77,7 @@ def test_min_replicas_ack_waits_for_a_replica(iid):
             c.submit("dbf", iid, [A(v=1)], delta_id="d1")
         extra = ["--replicaof", "127.0.0.1", str(primary.port)]
         with RedisServer(extra=extra) as replica:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and b"master_link_status:up" not in \
-                    redis.Redis(port=replica.port).execute_command("INFO", "replication"):
-                time.sleep(0.05)
+            _synced(replica)
             ref = c.submit("dbf", iid, [A(v=1)], delta_id="d1")
             assert ref.run == 1  # the refused-but-applied delta, once
             # What the primary acknowledged is on the replica.
@@ -101,3 +98,55 @@ def test_min_replicas_ack_on_a_cluster(redis_cluster: RedisCluster, iid):
                   incarnation=d.incarnation)
     assert c.result("dbf", iid, ref, timeout=5).get(F) == F(v=21)
     store.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_sentinel_store_follows_a_failover(iid):
+    """`redis+sentinel://` names the Sentinels and the service: the store follows the primary
+    they name. SIGKILL the primary; once the Sentinel promotes the replica, instances go on."""
+    with RedisServer() as primary, \
+            RedisServer(extra=["--replicaof", "127.0.0.1", str(primary.port)]) as replica:
+        sentinel = RedisServer(config_file=True, extra=[
+            "--sentinel", "--sentinel", "monitor", "svc", "127.0.0.1", str(primary.port), "1",
+            "--sentinel", "down-after-milliseconds", "svc", "1000",
+            "--sentinel", "failover-timeout", "svc", "5000"])
+        with sentinel:
+            url = f"redis+sentinel://127.0.0.1:{sentinel.port}/svc"
+            _synced(replica)
+            # Before: every change waits for the replica (min_replicas_ack); after the failover
+            # the new primary has no replica left, so the second store asks for none.
+            acked, plain = pc.RedisStore(url, min_replicas_ack=1), pc.RedisStore(url)
+
+            def drive(store: pc.RedisStore, instance_id: str) -> pc.RunResult:
+                sent: list[Any] = []
+                c = Coordinator(scenarios.register_all(pc.Registry(store)), sent.extend)
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        ref = c.submit("dbf", instance_id, [A(v=1), B(v=1), D(v=0)])
+                        while sent:
+                            d = sent.pop(0)
+                            c.execute(d.workflow, d.instance_id, d.run, d.builder, d.token,
+                                      version=d.version, incarnation=d.incarnation)
+                        return c.result("dbf", instance_id, ref, timeout=5)
+                    except pc.StoreUnavailable:  # while the Sentinel fails over
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
+
+            assert drive(acked, f"{iid}-before").get(F) == F(v=21)
+            primary.kill()
+            assert drive(plain, f"{iid}-after").get(F) == F(v=21)
+            assert redis.Redis(port=replica.port).execute_command("ROLE")[0] == b"master"
+            # What was committed before the failover is on the new primary.
+            k = plain.keys("dbf", f"{iid}-before")
+            assert redis.Redis(port=replica.port).hget(k.data, "F") == b'{"v":21}'
+            acked.close()
+            plain.close()
+
+
+def _synced(replica: RedisServer) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and b"master_link_status:up" not in \
+            redis.Redis(port=replica.port).execute_command("INFO", "replication"):
+        time.sleep(0.05)

@@ -14,12 +14,16 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import Sentinel
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigurationError, StoreUnavailable
 from ..layout import Effects, Keys, Ops, Snapshot
 from .shared import Shared
 
@@ -53,6 +57,8 @@ def connect(url: str, kwargs: dict[str, Any]) -> Any:
     `rediss+cluster://`), and for a `redis://` URL that names a node of a cluster (detected
     from INFO); a plain client otherwise."""
     parts = urlsplit(url)
+    if parts.scheme.endswith("+sentinel"):
+        return _sentinel(url, kwargs)
     if parts.scheme.endswith("+cluster"):
         hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
         nodes = [_node(h) for h in hosts]
@@ -68,6 +74,23 @@ def connect(url: str, kwargs: dict[str, Any]) -> Any:
             return RedisCluster(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
                                 **_auth(url), **_cluster_kwargs(kwargs))
     return client
+
+
+def _sentinel(url: str, kwargs: dict[str, Any], asyncio: bool = False) -> Any:
+    """`redis+sentinel://h:p[,h:p...]/service[/db]`: the primary the Sentinels name, followed
+    through failovers (redis-py's Sentinel support)."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigurationError(f"{redact(url)}: name the Sentinel service, e.g. "
+                                 "redis+sentinel://host:26379/mymaster")
+    sentinels = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts]
+    db = int(path[1]) if len(path) > 1 else 0
+    conn = {k: v for k, v in kwargs.items() if k != "health_check_interval"}
+    sentinel: Any = (redis.asyncio.sentinel.Sentinel if asyncio else Sentinel)(
+        sentinels, socket_timeout=conn.get("socket_timeout"))
+    return sentinel.master_for(path[0], db=db, **_auth(url), **conn)
 
 
 def _node(hostport: str) -> Any:
@@ -153,11 +176,11 @@ class RedisStore:
 
     def async_client(self) -> Any:
         """A fresh asyncio client (use as `async with`), for waiting without blocking a thread."""
-        import redis.asyncio
-        import redis.asyncio.cluster
 
         kwargs = dict(self._redis_kwargs, socket_timeout=None)
         kwargs.pop("health_check_interval", None)
+        if urlsplit(self.url).scheme.endswith("+sentinel"):
+            return _sentinel(self.url, kwargs, asyncio=True)
         if self.cluster:
             nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port)
                      for n in self.client.get_primaries()]
