@@ -5,9 +5,9 @@
   the session; `fresh_redis_cluster`: one of a test's own, for tests that kill nodes.
 - `celery_env`: a Celery app whose broker is that server (db 1) and whose registry stores in it
   (db 0), every scenario workflow registered, and an in-process worker on threads.
-- `celery_cluster_env`: the same with the store on that Redis Cluster.
-- `run`: one callable, parametrized over the sequential, parallel and Celery executors (the last
-  on a single node and on the cluster), so every
+- `cluster_env`: the distributed coordinator with its store on that Redis Cluster.
+- `run`: one callable, parametrized over the sequential, parallel and Celery executors and the
+  coordinator on the cluster, so every
   semantic test runs on all three.
 Tests never flush: each uses instance ids of its own (`iid`).
 """
@@ -94,20 +94,37 @@ def celery_env(redis_server: RedisServer) -> Iterator[CeleryEnv]:
         yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
 
 
+@dataclass
+class ClusterEnv:
+    """The distributed coordinator with its store on the private Redis Cluster; the messages it
+    sends are delivered in this process (two in-process Celery workers in one process do not get
+    along, and the semantic tests read what builders recorded in this process)."""
+
+    coordinator: Any  # Coordinator
+    store: Any  # pc.RedisStore
+    sent: list[Any]
+
+    def run(self, key: str, instance_id: str, *data: BaseModel) -> pc.RunResult:
+        ref = self.coordinator.submit(key, instance_id, data)
+        self.drain()
+        return self.coordinator.result(key, instance_id, ref, timeout=10)  # type: ignore[no-any-return]
+
+    def drain(self) -> None:
+        while self.sent:
+            d = self.sent.pop(0)
+            self.coordinator.execute(d.workflow, d.instance_id, d.run, d.builder, d.token,
+                                     version=d.version, incarnation=d.incarnation)
+
+
 @pytest.fixture(scope="session")
-def celery_cluster_env(redis_server: RedisServer, redis_cluster: RedisCluster
-                       ) -> Iterator[CeleryEnv]:
-    """celery_env with the store on the Redis Cluster (the broker stays a plain Redis)."""
-    store_url = redis_cluster.url
-    broker_url = f"redis://127.0.0.1:{redis_server.port}/6"
-    app = make_app(broker_url, name="polaris-cluster-tests")
-    store = pc.RedisStore(store_url)
-    registry = scenarios.register_all(pc.Registry(store))
-    executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=5,
-                                 lease_grace=2)
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                      shutdown_timeout=10):
-        yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
+def cluster_env(redis_cluster: RedisCluster) -> Iterator[ClusterEnv]:
+    from polaris_celery.coordinator import Coordinator
+
+    store = pc.RedisStore(redis_cluster.url)
+    sent: list[Any] = []
+    coordinator = Coordinator(scenarios.register_all(pc.Registry(store)), sent.extend)
+    yield ClusterEnv(coordinator, store, sent)
+    store.close()
 
 
 @pytest.fixture(scope="session")
@@ -118,11 +135,7 @@ def memory_registry() -> pc.Registry:
 Runner = Callable[..., pc.RunResult]
 
 
-def _env_of(executor_kind: str) -> str:
-    return "celery_cluster_env" if executor_kind == "celery-cluster" else "celery_env"
-
-
-@pytest.fixture(params=["sequential", "parallel", "celery", "celery-cluster"])
+@pytest.fixture(params=["sequential", "parallel", "celery", "cluster"])
 def executor_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -130,8 +143,10 @@ def executor_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
     """run(key, instance_id, *data) -> RunResult on the parametrized executor."""
-    if executor_kind.startswith("celery"):
-        env: CeleryEnv = request.getfixturevalue(_env_of(executor_kind))
+    if executor_kind == "cluster":
+        return request.getfixturevalue("cluster_env").run  # type: ignore[no-any-return]
+    if executor_kind == "celery":
+        env: CeleryEnv = request.getfixturevalue("celery_env")
 
         def go(key: str, instance_id: str, *data: BaseModel) -> pc.RunResult:
             return env.executor.submit_delta(key, instance_id, *data).wait(timeout=30)
@@ -145,8 +160,8 @@ def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
 @pytest.fixture
 def stored(executor_kind: str, request: pytest.FixtureRequest) -> Callable[[str, str], set[str]]:
     """stored(key, instance_id) -> names of the data the instance holds, for that executor."""
-    if executor_kind.startswith("celery"):
-        store = request.getfixturevalue(_env_of(executor_kind)).store
+    if executor_kind in ("celery", "cluster"):
+        store = request.getfixturevalue(f"{executor_kind}_env").store
     else:
         store = request.getfixturevalue("memory_registry").store
     return lambda key, instance_id: set(store.data_names(key, instance_id))

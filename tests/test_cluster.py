@@ -1,6 +1,6 @@
 """The store on a real Redis Cluster (3 primaries, 3 replicas, private processes): many
 producers on one instance and the life of an instance. The semantic suite and the edge cases
-run on the cluster too (`celery-cluster` in conftest's `run`, and `rig` in test_edges.py), and
+run on the cluster too (`cluster` in conftest's `run`, and `rig` in test_edges.py), and
 tests/faults kills a primary under worker processes."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 import redis
 
 import polaris_celery as pc
-from polaris_celery.coordinator import Coordinator
+from polaris_celery.coordinator import Coordinator, RunRef
 from polaris_celery.devserver import RedisCluster, RedisServer
 
 from . import scenarios
-from .conftest import CeleryEnv
+from .conftest import ClusterEnv
 from .scenarios import A, B, D, F, X, Y, seen
 
 
@@ -30,38 +30,43 @@ def test_a_cluster_url_and_a_node_url_both_reach_the_cluster(redis_cluster: Redi
         store.close()
 
 
-def test_the_shared_keys_spread_over_every_primary(celery_cluster_env: CeleryEnv,
+def test_the_shared_keys_spread_over_every_primary(cluster_env: ClusterEnv,
                                                   redis_cluster: RedisCluster):
-    store = celery_cluster_env.store
+    store = cluster_env.store
     owners = Counter(redis_cluster.node_for_key(store.shared.index(b)).port for b in range(16))
     assert len(owners) == 3 and min(owners.values()) >= 3, owners
 
 
-def test_fifty_producers_on_one_instance_on_a_cluster(celery_cluster_env: CeleryEnv, iid):
-    ex = celery_cluster_env.executor
+def test_fifty_producers_on_one_instance_on_a_cluster(cluster_env: ClusterEnv, iid):
+    c = cluster_env.coordinator
 
-    def produce(i: int) -> pc.RunHandle:
-        return ex.submit_delta("tally", iid, Y(v=i), delta_id=f"d{i}")
+    def produce(i: int) -> RunRef:
+        return c.submit("tally", iid, [Y(v=i)], delta_id=f"d{i}")
 
     with ThreadPoolExecutor(16) as pool:
-        handles = list(pool.map(produce, range(50)))
-    assert sorted(h.run for h in handles) == list(range(1, 51))
-    assert all(h.wait(30).get(X) is not None for h in handles)
+        refs = list(pool.map(produce, range(50)))
+    assert sorted(r.run for r in refs) == list(range(1, 51))
+    cluster_env.drain()
+    assert all(c.result("tally", iid, r, timeout=5).get(X) is not None for r in refs)
     assert sorted(s["run"] for s in seen(iid, "CountIt")) == list(range(1, 51))
 
 
-def test_lifecycle_on_a_cluster(celery_cluster_env: CeleryEnv, iid):
-    ex = celery_cluster_env.executor
-    first = ex.submit_delta("dbf", iid, A(v=1), B(v=1), D(v=0))
-    assert first.wait(10).get(F) == F(v=21)
-    assert ex.cancel("dbf", iid) is True
-    again = ex.restart("dbf", iid)
-    assert again is not None and again.wait(10).completed
-    ex.delete("dbf", iid)
-    other = ex.submit_delta("dbf", iid, A(v=2), B(v=2), D(v=0))
-    assert other.incarnation != first.incarnation and other.wait(10).completed
-    k = celery_cluster_env.store.keys("dbf", iid)
-    r = celery_cluster_env.store.client
+def test_lifecycle_on_a_cluster(cluster_env: ClusterEnv, iid):
+    c, drain = cluster_env.coordinator, cluster_env.drain
+    first = c.submit("dbf", iid, [A(v=1), B(v=1), D(v=0)])
+    drain()
+    assert c.result("dbf", iid, first, timeout=5).get(F) == F(v=21)
+    assert c.cancel("dbf", iid) is True
+    again = c.restart("dbf", iid)
+    drain()
+    assert again is not None and c.result("dbf", iid, again, timeout=5).completed
+    c.delete("dbf", iid)
+    other = c.submit("dbf", iid, [A(v=2), B(v=2), D(v=0)])
+    drain()
+    assert other.incarnation != first.incarnation
+    assert c.result("dbf", iid, other, timeout=5).completed
+    k = cluster_env.store.keys("dbf", iid)
+    r = cluster_env.store.client
     assert r.ttl(k.state) == -1 and r.ttl(k.run(first.incarnation, first.run)) > 0
 
 
