@@ -2,7 +2,7 @@
 
     python -m bench                  everything, writes BENCHMARKS.md at the repository root
     python -m bench --quick          smaller counts (a smoke run), writes nothing unless --output
-    python -m bench --only A,B1-3    some parts (A, B1-3, P, B4, B5, B6, B7)
+    python -m bench --only A,B1-3    some parts (A, B1-3, P, B4, B5, B6, B7, C)
 
 Everything runs on real parts: private redis-server processes (polaris_celery.devserver) and
 `celery worker` processes started here and ended by pid. Each comparison runs both sides in the
@@ -23,10 +23,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cluster as cluster_part
 from . import core, distributed
 from .util import ROOT, Row, Section, log, md_table
 
-PARTS = ("A", "B1-3", "P", "B4", "B7", "B5", "B6")
+PARTS = ("A", "B1-3", "P", "B4", "B7", "B5", "B6", "C")
 
 
 def library() -> str:
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         part(Section("A", "Core, in process (Executor.sequential on a MemoryStore)"),
              lambda sec: core.run(args.quick, graphs_a, sec))
 
-    if set(parts) - {"A"}:
+    if set(parts) - {"A", "C"}:
         cluster = distributed.Cluster.start()
         try:
             if "B1-3" in parts:
@@ -216,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.close()
             log("private redis-server and workers stopped")
+
+    if "C" in parts:  # its own servers and workers, after part B's are gone
+        part(Section("C", "Store on a 3-primary Redis Cluster vs one node",
+                     columns=("cluster", "one node")),
+             lambda sec: cluster_part.run(args.quick, sec))
 
     seconds = datetime.datetime.now().timestamp() - t0
     report = render(sections, extra, args, started, seconds)

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ RECONCILE_TASK = "polaris.reconcile"
 #: How often a message for a builder or version this worker lacks is handed on (about once a
 #: second) before it is dropped; the reconciler re-sends a dropped one.
 HAND_OFF_HOPS = 600
+HAND_OFF_DELAY = 1.0
 
 #: The Celery settings the library sets, and why (the README's configuration table lists them).
 SAFE_SETTINGS: dict[str, Any] = {
@@ -324,6 +326,9 @@ class CeleryExecutor:
                 log.warning("polaris: could not hand %s on: %s", name, exc)
             else:
                 log.info("polaris: %s is not here (a newer version's builder); passed on", name)
+                # This runs in the consumer itself: a short pause keeps a worker that meets its
+                # own hand-offs again (no other worker has the builder yet) from spinning.
+                time.sleep(0.05)
                 return
         rejected = MessageRejected(
             f"{name}: this worker has no such workflow or builder; the message is dropped, and "
@@ -379,9 +384,14 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                                 worker=task.request.hostname, version=version, incarnation=inc)
         except UnknownVersion:
             # Another worker runs that version (a deploy in progress): hand the message on.
+            # Wait first, holding this worker's only prefetch slot, then publish at once: a
+            # worker that is waiting on the queue meanwhile (one that has the version) gets
+            # it. Published with a countdown instead, it came straight back here, since this
+            # worker had been waiting on the queue the longest.
             log.info("polaris: %s v%s not here; passing %s run %s on", workflow, version,
                      instance, run)
-            raise task.retry(countdown=1, max_retries=HAND_OFF_HOPS) from None
+            time.sleep(HAND_OFF_DELAY)
+            raise task.retry(countdown=0, max_retries=HAND_OFF_HOPS) from None
         except PolarisError:
             log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
             raise

@@ -20,6 +20,10 @@ harness's `Record`. Each raises `Violation(invariant, detail)`; none calls the l
 10. delta-id       a repeated delta id returns its first run; other data under it is refused
 11. failure-cause  a run fails only for a failure the harness caused (a builder told to raise,
                    or a process that died while holding an attempt)
+12. lost-attempt   an attempt is given up as lost (its lease ran out) only on an instance where
+                   a process died or gave up mid-call: a commit that applied but whose reply
+                   was lost, or an old message claiming a new life's builder, leaves an
+                   attempt stranded, and is found here even when a re-run hides it
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .record import Ack, Facts, Record
 from .ttl import Expiry
 
 #: Error types the reconciler gives an attempt whose process died.
-LOST = frozenset({"LeaseExpired", "WorkerLost"})
+LOST = frozenset({"LeaseExpired", "WorkerLost", "AttemptLost"})
 EPSILON = 0.0015  # index scores and lease deadlines are written with 3 decimals
 
 
@@ -74,6 +78,20 @@ def single_commit(view: View, record: Record) -> None:
                 problems.append(f"{i}: {k[2]} committed twice in run {k[1]} of incarnation "
                                 f"{k[0]!r} (attempts {seen[2]} and {f.get('attempt', '?')})")
     _raise("single-commit", problems)
+
+
+def attempts_lost_for_a_reason(view: View, record: Record) -> None:
+    problems = []
+    for i, iv in sorted(view.instances.items()):
+        facts = record.facts[i]
+        for e in iv.log:
+            f = e.fields
+            lost = f.get("result", "")[len("error:"):] if f.get("ev") == "builder" else ""
+            if lost in LOST and not facts.tainted:
+                problems.append(f"{i}: attempt {f.get('attempt')} of {f.get('b')} in run "
+                                f"{f.get('run')} was lost ({lost}), yet no process died or gave "
+                                "up acting on this instance")
+    _raise("lost-attempt", problems)
 
 
 def inputs_kept(view: View, record: Record) -> None:

@@ -196,6 +196,8 @@ class World:
             self.say(f"  = the process died ({exc})")
             return "crash", exc
         except StoreUnavailable as exc:
+            if instance is not None:  # it gave up mid-call: an attempt may be left holding
+                self.record.facts[instance].tainted = True
             self.say(f"  = {exc}")
             return "unavailable", exc
         except PolarisError as exc:
@@ -254,6 +256,7 @@ class World:
         self.touched = False
         view = self.look()
         self.check(invariants.single_commit, view, self.record)
+        self.check(invariants.attempts_lost_for_a_reason, view, self.record)
         self.check(invariants.inputs_kept, view, self.record)
         self.check(invariants.retired_unused, view, self.record)
         self.check(invariants.no_immortal_keys, view,
