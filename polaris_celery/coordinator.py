@@ -17,6 +17,7 @@ source, so the simulator (tests/sim) can drive all of it deterministically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -262,7 +263,7 @@ class Coordinator:
                 max_bytes=self.settings.max_datum_bytes,
             )
         faults.point("before_commit")
-        return self._retrying(lambda: self._commit(c, out, started, task))
+        return self._commit(c, out, started, task)
 
     def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task
                 ) -> _Claimed | None:
@@ -290,7 +291,12 @@ class Coordinator:
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
                          c.token, c.builder, k.member, c.run)
                 return None
-            status, reply = self.store.cas(step.ops, snap, k, step.fx, sleep=self.sleep)
+            # Redis errors are retried around this very step: if its write applied and only
+            # the reply was lost, the retry meets the step's own mark ("done") and carries on
+            # with what this step decided (its sends, its inline successor), never with a
+            # step decided afresh from an older state.
+            status, reply = self._retrying(functools.partial(
+                self.store.cas, step.ops, snap, k, step.fx, sleep=self.sleep))
             if status == "conflict":
                 snap = reply
                 continue

@@ -41,6 +41,7 @@ class FaultPlan:
     send_crash: float = 0.0  # dying before sending one message of a batch
     builder_fails: float = 0.0  # an attempt told to raise
     interleave: float = 0.0  # another process acting while a write is in flight
+    poison: float = 0.0  # a reconciler's look that raises (a bug, a corrupt document ...)
 
     @classmethod
     def draw(cls, rng: random.Random) -> FaultPlan:
@@ -51,6 +52,7 @@ class FaultPlan:
             send_crash=rng.choice((0.0, 0.03, 0.1)),
             builder_fails=rng.choice((0.0, 0.0, 0.1, 0.25)),
             interleave=rng.choice((0.0, 0.15, 0.35)),
+            poison=rng.choice((0.0, 0.0, 0.2)),
         )
 
     def __str__(self) -> str:
@@ -108,6 +110,7 @@ class SimStore(RedisStore):
         super().__init__(url)
         self.faults: Faults | None = None
         self.looked: list[str] = []
+        self.poisoned: set[str] = set()  # instances a look of this store's failed on
 
     def cas(self, *args: Any, **kwargs: Any) -> Any:
         call = super().cas
@@ -122,6 +125,17 @@ class SimStore(RedisStore):
         if isinstance(member, str):
             self.looked.append(member)
         return super().snapshot(*args, **kwargs)
+
+    def leases(self, *args: Any, **kwargs: Any) -> Any:
+        """Read by a reconciler's look: now and then the look raises, as one hitting a bug or a
+        corrupt document would (the reconciler must put that instance back, not keep it first
+        in line)."""
+        f = self.faults
+        if f is not None and f.enabled and f.roll("poison"):
+            k = args[0] if args else kwargs.get("k")
+            self.poisoned.add(getattr(k, "instance_id", ""))
+            raise RuntimeError("sim: the look hit a poisoned instance")
+        return super().leases(*args, **kwargs)
 
     def _write(self, call: Callable[[], Any]) -> Any:
         f = self.faults

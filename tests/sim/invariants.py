@@ -235,9 +235,13 @@ def _lease_deadline(value: str) -> float | None:
         return None
 
 
-def watched(view: View, workflow: str) -> None:
+def watched(view: View, workflow: str, excused: set[str]) -> None:
+    """`excused`: instances a reconciler's look failed on, which it puts back by a backoff
+    (fair-reconcile) even past their leases: a look that keeps failing cannot judge them."""
     problems = []
     for i, iv in sorted(view.instances.items()):
+        if i in excused:
+            continue
         doc = iv.doc
         look = view.index.get(f"{workflow}/{i}", float("inf"))
         for run in iv.runs:
@@ -268,12 +272,13 @@ def _work(doc: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return f"runs {sorted(int(r['id']) for r in runs)} in flight{done}"
 
 
-def deadlines_enforced(view: View) -> None:
+def deadlines_enforced(view: View, excused: frozenset[str] = frozenset()) -> None:
+    """`excused`: instances a failed look put back by a backoff, not yet due again."""
     _raise("deadline", (
         f"{i}: open past its deadline {iv.doc['deadline']:.3f} (now {view.now:.3f}) with "
         f"{_work(iv.doc, iv.runs)}, after every worker ran the reconciler"
         for i, iv in sorted(view.instances.items())
-        if _overdue_by(iv.doc, iv.runs, view.now)))
+        if i not in excused and _overdue_by(iv.doc, iv.runs, view.now)))
 
 
 def failed_looks_put_back(index: dict[str, float], now: float, looked: list[str],

@@ -214,7 +214,7 @@ def quiesce(world: World) -> None:
             break
         _reconcile_all(world)
         view = world.look_now()
-        world.check(invariants.deadlines_enforced, view)
+        world.check(invariants.deadlines_enforced, view, frozenset(world.poisoned()))
         if _idle(world, view):
             break
         due = [m.not_before for m in world.network] + list(view.index.values())

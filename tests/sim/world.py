@@ -117,7 +117,7 @@ class World:
             self.workers[0].registry.register(WF, flows.FlowV2, version=2)
 
     def _worker(self, n: int, store: SimStore) -> Worker:
-        store.faults, store.looked = self.faults, []
+        store.faults, store.looked, store.poisoned = self.faults, [], set()
         registry = pc.Registry(store)
         registry.register(WF, flows.FlowV1, version=1)
         name = f"w{n}"
@@ -211,6 +211,10 @@ class World:
             self.say(f"  = {value!r}")
         return "ok", value
 
+    def poisoned(self) -> set[str]:
+        """Instances a reconciler's look failed on (put back by a backoff, not judged)."""
+        return set().union(*(w.store.poisoned for w in self.workers))
+
     def violate(self, v: Violation) -> None:
         """Keep the first violation of each invariant (later ones tend to be its echoes)."""
         if v.invariant not in self.violations:
@@ -262,7 +266,7 @@ class World:
         self.check(invariants.no_immortal_keys, view,
                    {i: key(WF, i, "state") for i in self.instances})
         self.check(invariants.incarnations, view, self.record)
-        self.check(invariants.watched, view, WF)
+        self.check(invariants.watched, view, WF, self.poisoned())
         return view
 
     def look_now(self) -> View:
