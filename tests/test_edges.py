@@ -5,6 +5,7 @@ a list, so every interleaving is exact. Numbers refer to the cases of the issue.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,7 +41,8 @@ class Rig:
         registry = registry or scenarios.register_all(
             pc.Registry(pc.RedisStore(self.url, prefix=self.prefix)))
         return Coordinator(registry, self.sent.extend, self.settings, worker_name=name,
-                           clock=lambda: self.now, sleep=lambda s: None)
+                           clock=lambda: self.now, sleep=lambda s: None,
+                           rng=random.Random(name))
 
     def deliver(self, d: Dispatch, c: Coordinator | None = None) -> None:
         (c or self.c).execute(d.workflow, d.instance_id, d.run, d.builder, d.token,
@@ -321,3 +323,25 @@ def test_instance_ids_with_outer_whitespace_are_refused(rig, bad):
     t = rig()
     with pytest.raises(pc.InvalidInput):
         t.c.submit("dbf", bad, [A(v=1)])
+
+
+def test_7_reconcilers_spread_over_the_index_instead_of_taking_the_same_entries(rig, iid):
+    """Entries a worker cannot judge (another app's workflow) are passed over without being
+    postponed; a pass that always started at the same place would read only those, every time,
+    and never reach the one instance it can recover."""
+    from polaris_celery.stores.shared import bucket
+
+    t = rig(dispatch_timeout=5)
+    good = next(f"{iid}-{n}" for n in range(1000) if bucket(f"dbf/{iid}-{n}") == 15)
+    t.c.submit("dbf", good, [A(v=1), B(v=1)])
+    t.sent.clear()  # its message is lost: only a reconciler can recover it
+    for b in range(15):  # ten entries of another app's workflow in every bucket before it
+        names = (f"other/{iid}-{b}-{n}" for n in range(10_000))
+        for member in [m for m in names if bucket(m) == b][:10]:
+            t.store.shared.touch(member, 1)
+    t.now += 6
+    for _ in range(200):  # a pass starts in the right bucket 1 time in 16
+        t.c.reconcile(limit=10)
+        if t.sent:
+            break
+    assert [d.builder for d in t.sent] == ["BA"]
