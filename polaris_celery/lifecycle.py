@@ -9,11 +9,12 @@ its machine, its store and its clock.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
 from . import codec, transitions
-from .errors import UnknownWorkflow, VersionInUse
+from .errors import StoreUnavailable, UnknownWorkflow, VersionInUse
 from .graph import Graph
 from .instance import InstanceDoc
 from .layout import Snapshot
@@ -96,18 +97,25 @@ def retire(c: Instances, workflow: str, version: int) -> None:
     if version not in c.registry.versions(workflow):
         raise UnknownWorkflow(f"{workflow} v{version}")
     store = c.store
-    store.retiring(workflow, version, True)
+    token = uuid.uuid4().hex
+    store.begin_retiring(workflow, version, token)
     in_use: list[str] = []
+    ended = False
     try:
         for instance_id in store.live_instances(workflow, version):
             if _holds(c, workflow, instance_id, version):
                 in_use.append(instance_id)
             else:
                 store.drop_live(workflow, version, store.keys(workflow, instance_id))
+        ended = store.end_retiring(workflow, version, token, retired=not in_use)
     finally:
-        store.retiring(workflow, version, False, retired=not in_use)
+        if not ended:  # an error, or the mark ran out: leave nothing pending
+            store.end_retiring(workflow, version, token, retired=False)
     if in_use:
         raise VersionInUse(workflow, version, in_use)
+    if not ended:
+        raise StoreUnavailable(f"retiring {workflow} v{version} took longer than its pending "
+                               "mark lasts; nothing was retired: try again")
     c.registry.unregister(workflow, version)
 
 

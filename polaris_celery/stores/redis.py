@@ -25,7 +25,7 @@ from redis.sentinel import Sentinel
 
 from ..errors import ConfigurationError, StoreUnavailable
 from ..layout import Effects, Keys, Ops, Snapshot
-from .shared import Shared
+from .shared import RetiringError, Shared
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ def _wrap(fn: Callable[[], T], what: str) -> T:
     try:
         return fn()
     except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError,
-            RedisClusterException, TryAgainError) as exc:
+            RedisClusterException, TryAgainError, RetiringError) as exc:
         raise StoreUnavailable(f"Redis unreachable while {what}: {exc}") from exc
 
 
@@ -163,12 +163,14 @@ class RedisStore:
         _wrap(lambda: self.shared.drop_live(workflow, version, k.instance_id, k.member),
               "unpinning")
 
-    def retiring(self, workflow: str, version: int, start: bool, retired: bool = False) -> None:
-        """Mark a retirement of `version` pending (start), or end it, retired or not."""
-        if start:
-            _wrap(lambda: self.shared.begin_retiring(workflow, version), "retiring")
-        else:
-            _wrap(lambda: self.shared.end_retiring(workflow, version, retired), "retiring")
+    def begin_retiring(self, workflow: str, version: int, token: str) -> None:
+        """Mark a retirement of `version` pending (for at most PENDING_MS)."""
+        _wrap(lambda: self.shared.begin_retiring(workflow, version, token), "retiring")
+
+    def end_retiring(self, workflow: str, version: int, token: str, retired: bool) -> bool:
+        """End it, marking the version retired if asked; False if the mark ran out first."""
+        return _wrap(lambda: self.shared.end_retiring(workflow, version, token, retired),
+                     "retiring")
 
     def index_score(self, k: Keys) -> float | None:
         """When the reconciler will next look at the instance (None: it does not watch it)."""

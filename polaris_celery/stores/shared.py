@@ -45,6 +45,13 @@ if s and tonumber(s) <= t then t = tonumber(s) - 0.001 end
 redis.call('ZADD', KEYS[1], t, ARGV[2])
 """
 
+_END_RETIRING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 _SETTLE = """
 local s = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if not s or tonumber(s) ~= tonumber(ARGV[1]) then return 0 end
@@ -52,6 +59,10 @@ if ARGV[3] == 'inf' then redis.call('ZREM', KEYS[1], ARGV[2])
 else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2]) end
 return 1
 """
+
+
+class RetiringError(ConnectionError):
+    """A retirement of the version asked for is still pending (the store wraps it)."""
 
 
 def bucket(member: str) -> int:
@@ -66,6 +77,7 @@ class Shared:
         self.prefix = prefix
         self._touch = client.register_script(_TOUCH)
         self._settle = client.register_script(_SETTLE)
+        self._end = client.register_script(_END_RETIRING)
 
     # -- names ------------------------------------------------------------------------------
 
@@ -93,7 +105,12 @@ class Shared:
         for workflow, version in fx.pins:
             key = self.live(workflow, version, bucket(member))
             self.client.sadd(key, instance_id)
-            if self._retired(workflow, version, sleep):
+            try:
+                retired = self._retired(workflow, version, sleep)
+            except BaseException:
+                self.client.srem(key, instance_id)
+                raise
+            if retired:
                 self.client.srem(key, instance_id)
                 return version
         return None
@@ -125,7 +142,8 @@ class Shared:
             self.settle(member, seen, fx.watch)
 
     def _retired(self, workflow: str, version: int, sleep: Callable[[float], None]) -> bool:
-        """Retired, or (waiting while a retirement is pending) about to be."""
+        """Retired, or (waiting while a retirement is pending) about to be. A retirement still
+        pending after PENDING_MS is refused as unavailable: try again (nothing was stored)."""
         waited = 0.0
         while True:
             if self.client.sismember(self.retired_key(workflow), version):
@@ -133,7 +151,7 @@ class Shared:
             if not self.client.exists(self.pending_key(workflow, version)):
                 return False
             if waited * 1000 > PENDING_MS:
-                return False  # the retirement's own mark expired with it
+                raise RetiringError(f"{workflow} v{version} is being retired; try again")
             sleep(0.05)
             waited += 0.05
 
@@ -184,13 +202,16 @@ class Shared:
     def drop_live(self, workflow: str, version: int, instance_id: str, member: str) -> None:
         self.client.srem(self.live(workflow, version, bucket(member)), instance_id)
 
-    def begin_retiring(self, workflow: str, version: int) -> None:
-        self.client.set(self.pending_key(workflow, version), "1", px=PENDING_MS)
+    def begin_retiring(self, workflow: str, version: int, token: str) -> None:
+        self.client.set(self.pending_key(workflow, version), token, px=PENDING_MS)
 
-    def end_retiring(self, workflow: str, version: int, retired: bool) -> None:
-        if retired:
-            self.client.sadd(self.retired_key(workflow), version)
-        self.client.delete(self.pending_key(workflow, version))
+    def end_retiring(self, workflow: str, version: int, token: str, retired: bool) -> bool:
+        """End this retirement (`token`): mark the version retired if asked, in one step with
+        checking that the pending mark is still this one. False if it ran out (then submits
+        may have pinned instances meanwhile, so nothing is marked)."""
+        return bool(self._end(keys=[self.pending_key(workflow, version),
+                                    self.retired_key(workflow)],
+                              args=[token, version, 1 if retired else 0]))
 
     def retired(self, workflow: str) -> set[int]:
         return {int(m) for m in self.client.smembers(self.retired_key(workflow))}
