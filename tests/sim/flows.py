@@ -19,6 +19,7 @@ harness, tells an attempt to raise `SimFailure` (a builder failure the harness i
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 from pydantic import BaseModel
@@ -68,14 +69,27 @@ class SimFailure(Exception):
 
 
 class Fates:
-    """Whether an attempt should fail: set by the world that is running, None otherwise."""
+    """Whether an attempt should fail: set by the world that is running, None otherwise.
+
+    An attempt told to fail does so in one of three ways, picked from the attempt's own ids (so
+    the seed's random draws are the same whichever): it raises, it returns an output built with
+    `model_construct` that does not validate, or one that cannot be encoded at all. Each is the
+    builder's own failure, never its consumer's (issue 10, cases 8 and 9)."""
 
     def __init__(self) -> None:
         self.decide: Callable[[str, str], bool] | None = None
 
-    def check(self, builder: str, ctx: pc.BuilderContext) -> None:
-        if self.decide is not None and self.decide(builder, ctx.instance_id):
-            raise SimFailure(f"{builder} told to fail in run {ctx.run} attempt {ctx.attempt}")
+    def check(self, builder: str, ctx: pc.BuilderContext, produces: type[BaseModel]
+              ) -> BaseModel | None:
+        """None to go on, or the bad output to return."""
+        if self.decide is None or not self.decide(builder, ctx.instance_id):
+            return None
+        how = zlib.crc32(f"{builder}/{ctx.run}/{ctx.attempt}".encode()) % 3
+        if how == 1:
+            return produces.model_construct(v="not an int")
+        if how == 2:
+            return produces.model_construct(v=b"\xff\xfe")  # no JSON for these bytes
+        raise SimFailure(f"{builder} told to fail in run {ctx.run} attempt {ctx.attempt}")
 
 
 FATES = Fates()
@@ -92,7 +106,9 @@ class B1(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> X | None:
-        FATES.check("B1", ctx)
+        bad = FATES.check("B1", ctx, X)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         a = _v(ctx, A)
         return None if a % 7 == 3 else X(v=a + 1)
 
@@ -106,7 +122,9 @@ class B2(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> Y:
-        FATES.check("B2", ctx)
+        bad = FATES.check("B2", ctx, Y)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return Y(v=_v(ctx, A) * 2 + _v(ctx, Nonce))
 
 
@@ -116,7 +134,9 @@ class B4(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> V:
-        FATES.check("B4", ctx)
+        bad = FATES.check("B4", ctx, V)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return V(v=_v(ctx, X) * 3)
 
 
@@ -127,7 +147,9 @@ class B3(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> Z:
-        FATES.check("B3", ctx)
+        bad = FATES.check("B3", ctx, Z)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return Z(v=_v(ctx, V) + _v(ctx, Y) + _v(ctx, Hint))
 
 
@@ -143,7 +165,9 @@ class C1(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> X:
-        FATES.check("C1", ctx)
+        bad = FATES.check("C1", ctx, X)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return X(v=_v(ctx, A) + 10)
 
 
@@ -154,7 +178,9 @@ class C2(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> W:
-        FATES.check("C2", ctx)
+        bad = FATES.check("C2", ctx, W)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return W(v=_v(ctx, X) * 3 + _v(ctx, Hint))
 
 
@@ -164,7 +190,9 @@ class C3(pc.Builder):
     time_limit = TIME_LIMIT
 
     def process(self, ctx: pc.BuilderContext) -> Z:
-        FATES.check("C3", ctx)
+        bad = FATES.check("C3", ctx, Z)
+        if bad is not None:
+            return bad  # type: ignore[return-value]
         return Z(v=_v(ctx, W) - _v(ctx, A))
 
 

@@ -162,7 +162,8 @@ def _unexplained(name: str, o: dict[str, Any], facts: Facts) -> list[str]:
     if o.get("status") != "failed":
         return []
     err = o.get("error") or {}
-    if err.get("type") == flows.SimFailure.__name__ and err.get("builder") in facts.told_to_fail:
+    if err.get("type") in (flows.SimFailure.__name__, "InvalidOutput") \
+            and err.get("builder") in facts.told_to_fail:
         return []
     if err.get("type") in LOST and facts.tainted:
         return []
