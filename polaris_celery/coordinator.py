@@ -392,7 +392,7 @@ class Coordinator:
         k = self.store.keys(workflow, instance_id)
         while True:
             snap, _ = self.store.snapshot(k)
-            graph = self._load(workflow, snap)[0]
+            graph = self._graph(workflow, InstanceDoc.version_of(snap))
             step = decide(graph, snap)
             if step is None:
                 return None

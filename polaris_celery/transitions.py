@@ -211,7 +211,8 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
                 wait = min(m.settings.dispatch_timeout * 2 ** resends, MAX_RESEND_WAIT)
                 step.ops.hset(k.lease, {fld: queued_lease(token, now + wait, resends)})
                 next_look = min(next_look, now + wait)
-                step.sends.append(_resend(graph, k, inc, run.id, builder, token))
+                step.sends.append(Dispatch(graph.key, k.instance_id, run.id, builder, token,
+                                           version=graph.version, incarnation=inc))
             else:
                 limit = graph.specs[builder].time_limit
                 m.lost(graph, k, inc, run, builder, token,
@@ -228,12 +229,6 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
         step.fx.watch = next_look if next_look != math.inf else now + m.settings.dispatch_timeout
     m.seal(graph, k, snap, reopened, doc, step, now, write=changed)
     return step
-
-
-def _resend(graph: Graph, k: Keys, inc: str, run: int, builder: str, token: int
-            ) -> Dispatch:
-    return Dispatch(graph.key, k.instance_id, run, builder, token, version=graph.version,
-                    incarnation=inc)
 
 
 def cancel(m: Machine, graph: Graph, k: Keys, snap: Snapshot, now: float) -> Step | None:
