@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import cluster as cluster_part
-from . import core, distributed
+from . import core, distributed, fanout
 from .util import ROOT, Row, Section, log, md_table
 
-PARTS = ("A", "B1-3", "P", "B4", "B7", "B5", "B6", "C")
+PARTS = ("A", "B1-3", "P", "B4", "B7", "B5", "B6", "C", "D")
 
 
 def library() -> str:
@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         part(Section("C", "Store on a 3-primary Redis Cluster vs one node",
                      columns=("cluster", "one node")),
              lambda sec: cluster_part.run(args.quick, sec))
+
+    if "D" in parts:  # its own servers and workers too
+        part(Section("D", "Fan-outs: cost per builder by width, and time against a chord",
+                     columns=("polaris", "reference")),
+             lambda sec: fanout.run(args.quick, sec))
 
     seconds = datetime.datetime.now().timestamp() - t0
     report = render(sections, extra, args, started, seconds)

@@ -150,6 +150,7 @@ class Distributed:
         self.workflows: dict[str, tuple[type, DataType | None]] = {
             "chain20": chain(20, "C"),
             "fan20": fan(20, "F"),
+            **{f"fan{w}": fan(w, f"W{w}x") for w in (10, 100, 200, 1000)},
             "chain5": chain(5, "P"),
             "sleep5": chain(5, "S", _sleeper(SLEEP_SECONDS)),
             "cab": (CabRide, None),

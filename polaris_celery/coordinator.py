@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import codec, faults, lifecycle, recovery, transitions, waiting
+from . import codec, faults, lifecycle, reads, recovery, transitions, waiting
 from .errors import (
     ConfigurationError,
     DeltaConflict,
@@ -37,11 +37,11 @@ from .errors import (
     MessageRejected,
     UnknownWorkflow,
 )
-from .frontier import BuilderError
+from .frontier import BuilderError, NeedMore, field_name
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion, lease_field, running_lease
 from .invoke import AfterHook, BeforeHook, Outcome, attempt
-from .layout import Keys, Snapshot
+from .layout import Keys, Snapshot, Want
 from .machine import Machine, Step, input_names
 from .registry import Registry, check_instance_id
 from .result import RunRef, RunResult
@@ -160,8 +160,9 @@ class Coordinator:
         newest_delta = codec.encode_delta(newest, data, self.settings.max_datum_bytes)
         digest = _digest(newest_delta)
         k = self.store.keys(workflow, instance_id)
+        want = reads.submit(newest, newest_delta)
         while True:
-            snap, seen = self.store.snapshot(k, delta_id)
+            snap, seen = self.store.view(k, want, delta_id)
             if seen is not None:
                 return self._seen(k, snap, delta_id, seen, digest)
             doc = self._load(workflow, snap)[1]
@@ -169,10 +170,14 @@ class Coordinator:
             delta = newest_delta if graph is newest else codec.encode_delta(
                 graph, data, self.settings.max_datum_bytes)
             inc = snap.inc if snap.exists else self.ids()
-            step, run = transitions.submit(
-                self.machine, graph, k, snap, doc, inc, delta,
-                "{run}|" + digest if delta_id is not None else None, delta_id, deadline,
-                self.clock())
+            try:
+                step, run = transitions.submit(
+                    self.machine, graph, k, snap, doc, inc, delta,
+                    "{run}|" + digest if delta_id is not None else None, delta_id, deadline,
+                    self.clock())
+            except NeedMore as more:
+                want = reads.grow(want, more)
+                continue
             status, _ = self.store.cas(step.ops, snap, k, step.fx, sleep=self.sleep)
             if status == "retired":
                 # Another process retired this version: forget it here too, and go again
@@ -234,7 +239,7 @@ class Coordinator:
         status, snap, raw = self._retrying(lambda: self.store.begin(
             k, incarnation, lease_field(run, builder), token,
             running_lease(token, ends, task.claim), ends, task.claim, data_names, run_names,
-            run))
+            run, sorted(reads.claim(graph, run, builder))))
         if status != "ok" or snap is None:
             log.info("polaris: skipped %s/%s run %s %s attempt %s: %s",
                      workflow, instance_id, run, builder, token, status)
@@ -247,10 +252,10 @@ class Coordinator:
         graph, spec = c.graph, c.graph.specs[c.builder]
         if InstanceDoc.version_of(c.snap) != graph.version:
             return None
-        run_state = InstanceDoc.load(graph, c.snap).runs.get(c.run)
-        if run_state is None or run_state.active.get(c.builder) != c.token:
+        fields = c.snap.fields
+        if fields.get(field_name("a", c.run, c.builder)) != str(c.token):
             return None
-        new = frozenset(n for n in spec.readable_names if n in run_state.new)
+        new = frozenset(n for n in spec.readable_names if field_name("n", c.run, n) in fields)
         started = self.clock()
         try:
             inputs = codec.decode_many(graph, c.raw)
@@ -268,10 +273,11 @@ class Coordinator:
     def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task
                 ) -> _Claimed | None:
         graph, k = c.graph, c.keys
-        snap = c.snap
         # Names this commit, so a retry after a lost reply recognises it as already applied.
         once = f"{task.claim}/{c.run}/{c.builder}/{c.token}"
+        want = reads.commit(graph, c.run, c.builder)
         while True:
+            snap, _ = self._retrying(functools.partial(self.store.view, k, want))
             if InstanceDoc.version_of(snap) not in (0, graph.version) or snap.inc != c.snap.inc:
                 return None  # deleted, or restarted on another version
             now = self.clock()
@@ -282,11 +288,15 @@ class Coordinator:
                 spec = graph.specs[b]
                 return spec.queue == task.queue and now + spec.time_limit <= task.budget_ends
 
-            step = transitions.commit(
-                self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw, out.error,
-                by=task.by, started=started, seconds=out.seconds, once=once,
-                inline_claim=task.claim if self.settings.inline else None,
-                may_inline=may_inline, now=now)
+            try:
+                step = transitions.commit(
+                    self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,
+                    out.error, by=task.by, started=started, seconds=out.seconds, once=once,
+                    inline_claim=task.claim if self.settings.inline else None,
+                    may_inline=may_inline, now=now)
+            except NeedMore as more:
+                want = reads.grow(want, more)
+                continue
             if step is None:
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
                          c.token, c.builder, k.member, c.run)
@@ -298,7 +308,6 @@ class Coordinator:
             status, reply = self._retrying(functools.partial(
                 self.store.cas, step.ops, snap, k, step.fx, sleep=self.sleep))
             if status == "conflict":
-                snap = reply
                 continue
             faults.point("after_commit")
             self._log_failures(k, step)
@@ -308,26 +317,26 @@ class Coordinator:
                 return None
             return self._inline(c, step, snap, reply if status == "applied" else None)
 
-    def _inline(self, c: _Claimed, step: Step, snap: Snapshot, reads: list[Any] | None
+    def _inline(self, c: _Claimed, step: Step, snap: Snapshot, got: list[Any] | None
                 ) -> _Claimed:
         """The successor this commit claimed, with its inputs (read back by the commit, or read
-        again if that reply was lost)."""
+        again if that reply was lost) and what it needs of the run's state."""
         graph, k, inline = c.graph, c.keys, step.inline
         assert inline is not None
         data_names, run_names = input_names(graph, inline)
-        if reads is None:
+        if got is None:
             raw = self.store.read_data(k.workflow, k.instance_id, data_names)
             raw.update(self.store.read_run(k, snap.inc, c.run, run_names))
         else:
-            raw = {n: v for n, v in zip(data_names, reads[0], strict=False) if v is not None}
-            raw.update({n: v for n, v in zip(run_names, reads[1], strict=False)
-                        if v is not None})
-        next_snap = Snapshot(snap.version + 1, step.doc, step.names, snap.inc)
+            raw = {n: v for n, v in zip(data_names, got[0], strict=False) if v is not None}
+            raw.update({n: v for n, v in zip(run_names, got[1], strict=False) if v is not None})
+        fields = reads.claim(graph, c.run, inline)
+        next_snap, _ = self._retrying(lambda: self.store.view(k, Want(frozenset(fields))))
         return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
 
     def _log_failures(self, k: Keys, step: Step) -> None:
         for run, builder, token, error in step.failures:
-            if builder in run.active:  # re-dispatched
+            if run.token(builder) is not None:  # re-dispatched
                 log.warning("polaris: %s in %s run %s: attempt %s %s (%s: %s); running it "
                             "again", builder, k.member, run.id, token,
                             "lost" if error.type == "AttemptLost" else "failed",
@@ -393,7 +402,7 @@ class Coordinator:
         while True:
             snap, _ = self.store.snapshot(k)
             graph = self._graph(workflow, InstanceDoc.version_of(snap))
-            step = decide(graph, snap)
+            step = decide(graph, snap)  # a whole read: it never needs more
             if step is None:
                 return None
             status, _ = self.store.cas(step.ops, snap, k, step.fx, seen, self.sleep)

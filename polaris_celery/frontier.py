@@ -3,7 +3,7 @@
 Every executor drives a `RunState` through the same four calls, which is what makes local and
 distributed runs behave identically:
 
-    run = RunState.start(graph, run_id, delta_names, present)   # -> run.take_ready()
+    run = RunState.start(graph, run_id, delta_names, present)   # -> newly ready builders
     run.dispatched(builder, token)                               # executor hands it out
     run.finished(graph, builder, produced_name_or_None, present) # -> newly ready builders
     run.failed_for_good(builder, error)                          # the run stops dispatching
@@ -11,14 +11,25 @@ distributed runs behave identically:
 Eligibility (DESIGN section 3): something among a builder's consumes or optionals is new in
 this run, all its consumes are present, and it has not run in this run. A builder that is
 eligible but has an eligible or active builder upstream of it waits in `waiting`, so it runs
-once, on fresh inputs. `pending` (active plus waiting) is kept as a bitmask so the upstream test
-is one AND per candidate; only the consumers of what just changed and the waiting builders are
-ever examined, so the cost of a step follows the builders touched, not the graph's size.
+once, on fresh inputs.
+
+What a run holds is split so that one step touches O(1) of it in the number of builders in
+flight (issue 12): a small header (counts, the waiting builders, the outcome so far) and one
+field per builder or datum (`a:B` its attempt token while active, `x:B` it ran, `f:B` / `l:B`
+failed / lost attempts, `n:D` datum D is new in this run, `p:D` the order D was produced in).
+The distributed executor keeps those fields in the instance's state hash and reads only the ones
+a step needs: `Fields` answers from what was read and raises `NeedMore` for anything else, and
+the caller reads that too and decides again. Each waiting builder keeps the count of its active
+ancestors, updated as builders start and finish, so a join behind a fan-out of W builders is
+re-examined in O(1) per branch, not by looking at the W branches each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+import functools
+import json
+from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,27 +50,136 @@ class BuilderError:
         return cls(d["builder"], d["type"], d["message"])
 
 
+class NeedMore(Exception):
+    """A decision needs state it was not given: these state-hash fields, the presence of these
+    data, or every field (`whole`). The caller reads them and decides again from scratch."""
+
+    def __init__(self, fields: Iterable[str] = (), data: Iterable[str] = (),
+                 whole: bool = False) -> None:
+        self.fields = frozenset(fields)
+        self.data = frozenset(data)
+        self.whole = whole
+        super().__init__(f"need fields {sorted(self.fields)} data {sorted(self.data)}"
+                         + (" and the whole state" if whole else ""))
+
+
+def field_name(kind: str, run_id: int, name: str) -> str:
+    """A run's field in the instance's state hash: `a:3:Builder`, `n:3:Datum`, ..."""
+    return f"{kind}:{run_id}:{name}"
+
+
+def header_name(run_id: int) -> str:
+    return f"r:{run_id}"
+
+
+class Fields:
+    """One run's per-builder and per-datum fields, as far as they were read.
+
+    `known` None: everything is known (a new run, a local executor, a whole read) and a field
+    not in `values` is absent. Otherwise asking for a field outside `known` raises NeedMore.
+    Changes are kept in `dirty` (None: delete) for the store to write.
+    """
+
+    def __init__(self, run_id: int, values: dict[str, str] | None = None,
+                 known: Set[str] | None = None) -> None:
+        self.run_id = run_id
+        self.values: dict[str, str] = values or {}
+        self.known = known
+        self.dirty: dict[str, str | None] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.known is None
+
+    def need(self, names: Iterable[str]) -> None:
+        """Raise NeedMore for every one of `names` (local, `a:B`) not read yet, at once."""
+        if self.known is None:
+            return
+        missing = [self.full(n) for n in names if n not in self.known and n not in self.dirty]
+        if missing:
+            raise NeedMore(fields=missing)
+
+    def full(self, local: str) -> str:
+        """`a:B` -> `a:<run>:B`, its name in the state hash."""
+        kind, _, name = local.partition(":")
+        return field_name(kind, self.run_id, name)
+
+    def need_whole(self) -> None:
+        if self.known is not None:
+            raise NeedMore(whole=True)
+
+    def get(self, name: str) -> str | None:
+        if name in self.dirty:
+            return self.dirty[name]
+        self.need((name,))
+        return self.values.get(name)
+
+    def put(self, name: str, value: str | None) -> None:
+        self.dirty[name] = value
+
+    def kind(self, kind: str) -> dict[str, str]:
+        """Every field of one kind (`a`, `x`, ...), by name; needs them all."""
+        self.need_whole()
+        merged = {**self.values, **self.dirty}
+        prefix = kind + ":"
+        return {k[len(prefix):]: v for k, v in merged.items()
+                if k.startswith(prefix) and v is not None}
+
+
+class Presence(AbstractSet[str]):
+    """Which of the instance's (lasting) data exist, as far as they were read: raises
+    NeedMore for a name it was not told about. Local executors pass a plain set instead."""
+
+    def __init__(self, known: dict[str, bool], complete: bool = False) -> None:
+        self.known = known
+        self.complete = complete  # every name is in `known`: any other is absent
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        return [] if self.complete else [n for n in names if n not in self.known]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if self.missing((name,)):
+            raise NeedMore(data=(name,))
+        return self.known.get(name, False)
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, there in self.known.items() if there)
+
+    def __len__(self) -> int:
+        return sum(1 for there in self.known.values() if there)
+
+    def add(self, name: str) -> None:
+        self.known[name] = True
+
+
+@functools.lru_cache(maxsize=65536)
+def upstream(graph: Graph, builder: str) -> tuple[str, ...]:
+    """The builders upstream of `builder` (its `ancestors` bitmask, as names)."""
+    return tuple(b for b in graph.specs if graph.is_upstream(b, builder))
+
+
 @dataclass
 class RunState:
     """What one run (one delta and everything it sets off) has seen, done and has in flight."""
 
     id: int
-    new: set[str] = field(default_factory=set)
-    done: set[str] = field(default_factory=set)
-    active: dict[str, int] = field(default_factory=dict)  # builder -> attempt token
-    waiting: set[str] = field(default_factory=set)
-    produced: list[str] = field(default_factory=list)
     error: BuilderError | None = None
     target_hit: bool = False
     delta_id: str | None = None
     started: float = 0.0
     closed: str | None = None  # "cancelled", "timed_out" or "deleted" when the instance closed
-    # Per builder: attempts that failed (spend max_retries) and attempts lost with their
-    # process (spend max_lost). Attempt tokens count both, so every attempt has its own token.
-    fails: dict[str, int] = field(default_factory=dict)
-    lost: dict[str, int] = field(default_factory=dict)
-    # Bitmasks of active | waiting builders per graph component; derived, never serialized.
-    _pending: dict[int, int] = field(default_factory=dict)
+    # Waiting builders -> how many of their ancestors are active (kept up to date as builders
+    # start and finish, so re-examining one costs no reads).
+    waiting: dict[str, int] = field(default_factory=dict)
+    n_active: int = 0
+    n_produced: int = 0
+    fields: Fields = field(default_factory=lambda: Fields(0))
+
+    def __post_init__(self) -> None:
+        if self.fields.run_id != self.id:
+            self.fields = Fields(self.id)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -69,16 +189,20 @@ class RunState:
     ) -> tuple[RunState, list[str]]:
         run = cls(id=run_id, **kw)
         names = list(delta)
-        run.new.update(names)
-        if graph.target in run.new:
+        for n in names:
+            run.fields.put(f"n:{n}", "1")
+        if graph.target in names:
             run.target_hit = True
         return run, run._advance(graph, names, present)
 
     def dispatched(self, graph: Graph, builder: str, token: int) -> None:
         """Record that `builder` was handed out under attempt `token` (a retry re-dispatches)."""
-        if builder not in self.active:
-            self._mark(graph, builder)
-        self.active[builder] = token
+        if self.token(builder) is None:
+            self.n_active += 1
+            for w in self.waiting:
+                if graph.is_upstream(builder, w):
+                    self.waiting[w] += 1
+        self.fields.put(f"a:{builder}", str(token))
 
     def finished(
         self, graph: Graph, builder: str, produced: str | None, present: Set[str]
@@ -87,32 +211,70 @@ class RunState:
         newly ready. Data committed after the run failed or hit its target is still kept by the
         caller, but triggers nothing more."""
         self._retire(graph, builder)
-        self.done.add(builder)
+        self.fields.put(f"x:{builder}", "1")
         if produced is None:
             return self._advance(graph, (), present)
-        self.new.add(produced)
-        self.produced.append(produced)
+        self.fields.put(f"n:{produced}", "1")
+        if self.fields.get(f"p:{produced}") is None:
+            self.n_produced += 1
+            self.fields.put(f"p:{produced}", str(self.n_produced))
         if produced == graph.target:
             self.target_hit = True
         return self._advance(graph, (produced,), present)
 
     def failed_for_good(self, graph: Graph, builder: str, error: BuilderError) -> None:
         self._retire(graph, builder)
-        self.done.add(builder)
+        self.fields.put(f"x:{builder}", "1")
         if self.error is None:
             self.error = error
         self.waiting.clear()
-        self._recompute_pending(graph)
 
     def close(self, graph: Graph, status: str) -> None:
         """The instance was cancelled or timed out: nothing of this run is in flight any more
         (attempts still running will find their commit refused)."""
+        for builder in self.active:
+            self.fields.put(f"a:{builder}", None)
         self.closed = status
-        self.active.clear()
+        self.n_active = 0
         self.waiting.clear()
-        self._recompute_pending(graph)
 
     # -- questions -----------------------------------------------------------------------------
+
+    def token(self, builder: str) -> int | None:
+        """The attempt token `builder` is active under, or None."""
+        got = self.fields.get(f"a:{builder}")
+        return int(got) if got is not None else None
+
+    def count(self, kind: str, builder: str) -> int:
+        """Attempts of `builder` that failed (`f`) or were lost (`l`) in this run."""
+        return int(self.fields.get(f"{kind}:{builder}") or 0)
+
+    def add(self, kind: str, builder: str) -> int:
+        n = self.count(kind, builder) + 1
+        self.fields.put(f"{kind}:{builder}", str(n))
+        return n
+
+    def is_new(self, name: str) -> bool:
+        return self.fields.get(f"n:{name}") is not None
+
+    @property
+    def active(self) -> dict[str, int]:
+        """Every active builder -> its token (needs every field read)."""
+        return {b: int(t) for b, t in self.fields.kind("a").items()}
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.fields.kind("x"))
+
+    @property
+    def new(self) -> set[str]:
+        return set(self.fields.kind("n"))
+
+    @property
+    def produced(self) -> list[str]:
+        """The data produced in this run, in the order they were produced."""
+        seq = self.fields.kind("p")
+        return sorted(seq, key=lambda d: int(seq[d]))
 
     @property
     def stopped(self) -> bool:
@@ -121,7 +283,7 @@ class RunState:
 
     @property
     def settled(self) -> bool:
-        return not self.active and (self.stopped or not self.waiting)
+        return self.n_active == 0 and (self.stopped or not self.waiting)
 
     @property
     def outcome(self) -> str:
@@ -134,70 +296,93 @@ class RunState:
     # -- internals -----------------------------------------------------------------------------
 
     def _retire(self, graph: Graph, builder: str) -> None:
-        if self.active.pop(builder, None) is not None:
-            self._unmark(graph, builder)
+        if self.token(builder) is not None:
+            self.fields.put(f"a:{builder}", None)
+            self.n_active -= 1
+            for w in self.waiting:
+                if graph.is_upstream(builder, w):
+                    self.waiting[w] -= 1
 
-    def _mark(self, graph: Graph, builder: str) -> None:
-        c = graph.component[builder]
-        self._pending[c] = self._pending.get(c, 0) | graph.bits[builder]
+    def _present(self, graph: Graph, present: Set[str], name: str) -> bool:
+        # A transient lives only in its run: it is there if it is new in this run.
+        return self.is_new(name) if name in graph.transients else name in present
 
-    def _unmark(self, graph: Graph, builder: str) -> None:
-        c = graph.component[builder]
-        mask = self._pending.get(c, 0)
-        if mask & graph.bits[builder]:
-            self._pending[c] = mask ^ graph.bits[builder]
-
-    def _recompute_pending(self, graph: Graph) -> None:
-        self._pending = {}
-        for b in (*self.active, *self.waiting):
-            self._mark(graph, b)
+    def _active_upstream(self, graph: Graph, builder: str) -> int:
+        if not self.n_active:
+            return 0
+        names = upstream(graph, builder)
+        self.fields.need(f"a:{b}" for b in names)
+        return sum(1 for b in names if self.token(b) is not None)
 
     def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str]) -> list[str]:
         if self.stopped:
             self.waiting.clear()
-            self._recompute_pending(graph)
             return []
-        previously_waiting = self.waiting
-        if not previously_waiting and len(changed) == 1:
+        before = self.waiting
+        if not before and len(changed) == 1:
             # The common step (one datum produced, nothing waiting): its consumers are already
             # in rank order.
-            ordered: Iterable[str] = graph.what_consumes(changed[0])
+            ordered: Sequence[str] = graph.what_consumes(changed[0])
         else:
-            candidates = set(previously_waiting)
+            candidates = set(before)
             for d in changed:
                 candidates.update(graph.what_consumes(d))
             ordered = sorted(candidates, key=graph.rank.__getitem__)
-        self.waiting = set()
+        # Ask for everything this pass may read at once, so a partial view costs one more read
+        # at most per kind, not one per candidate.
+        fresh = [b for b in ordered if b not in before]
+        self.fields.need([f"a:{b}" for b in fresh] + [f"x:{b}" for b in fresh])
+        fresh = [b for b in fresh if self.token(b) is None and self.fields.get(f"x:{b}") is None]
+        active_up = {b: self._active_upstream(graph, b) for b in fresh}
+        active_up.update(before)
+        self._need_inputs(graph, present, [b for b, n in active_up.items() if not n])
+        # Bits of the builders pending in this pass beyond the active ones (waiting, or found
+        # ready), per component: a candidate with one of them upstream waits too.
+        pending: dict[int, int] = {}
+        for b in before:
+            pending[graph.component[b]] = pending.get(graph.component[b], 0) | graph.bits[b]
+        self.waiting = {}
         ready: list[str] = []
         # In rank order, every upstream candidate has set its pending bit before a downstream
         # one is examined.
         for b in ordered:
-            if b in self.done or b in self.active:
-                continue
-            if graph.ancestors[b] & self._pending.get(graph.component[b], 0):
-                # Something upstream is pending, so whatever b's inputs are now, b cannot run
-                # yet; its presence check is deferred until it is re-examined.
-                self.waiting.add(b)
-                self._mark(graph, b)
-            elif all(c in present for c in graph.specs[b].consume_names):
-                ready.append(b)  # pending until dispatched() makes it active (same bit)
-                self._mark(graph, b)
-            elif b in previously_waiting:
-                self._unmark(graph, b)
+            if b not in active_up:
+                continue  # active or done already
+            c = graph.component[b]
+            pending[c] = pending.get(c, 0) & ~graph.bits[b]
+            if active_up[b] or graph.ancestors[b] & pending[c]:
+                self.waiting[b] = active_up[b]
+                pending[c] |= graph.bits[b]
+            elif all(self._present(graph, present, n) for n in graph.specs[b].consume_names):
+                ready.append(b)  # pending until dispatched() makes it active
+                pending[c] |= graph.bits[b]
         return ready
 
-    # -- serialization (the distributed executor stores runs in Redis) --------------------------
+    def _need_inputs(self, graph: Graph, present: Set[str], builders: Iterable[str]) -> None:
+        """Ask at once for what deciding whether `builders` have their consumes needs: the
+        presence of lasting data, and whether transients are new in this run."""
+        names = {n for b in builders for n in graph.specs[b].consume_names}
+        fields = [f"n:{n}" for n in names if n in graph.transients]
+        data = [n for n in names if n not in graph.transients]
+        asked = NeedMore()
+        try:
+            self.fields.need(fields)
+        except NeedMore as e:
+            asked = e
+        if isinstance(present, Presence):
+            missing = present.missing(data)
+            if missing:
+                asked = NeedMore(asked.fields, missing)
+        if asked.fields or asked.data:
+            raise asked
 
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "id": self.id,
-            "new": sorted(self.new),
-            "done": sorted(self.done),
-            "active": self.active,
-            "waiting": sorted(self.waiting),
-            "produced": self.produced,
-            "started": self.started,
-        }
+    # -- storage (the distributed executor keeps runs in the instance's state hash) ------------
+
+    def header(self) -> str:
+        d: dict[str, Any] = {"id": self.id, "started": self.started, "active": self.n_active,
+                             "produced": self.n_produced}
+        if self.waiting:
+            d["waiting"] = self.waiting
         if self.error is not None:
             d["error"] = self.error.to_json()
         if self.target_hit:
@@ -206,28 +391,29 @@ class RunState:
             d["delta_id"] = self.delta_id
         if self.closed is not None:
             d["closed"] = self.closed
-        if self.fails:
-            d["fails"] = self.fails
-        if self.lost:
-            d["lost"] = self.lost
-        return d
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, graph: Graph, d: dict[str, Any]) -> RunState:
-        run = cls(
+    def load(cls, header: str, fields: Fields) -> RunState:
+        d = json.loads(header)
+        return cls(
             id=int(d["id"]),
-            new=set(d["new"]),
-            done=set(d["done"]),
-            active={k: int(v) for k, v in d["active"].items()},
-            waiting=set(d["waiting"]),
-            produced=list(d["produced"]),
             error=BuilderError.from_json(d["error"]) if "error" in d else None,
             target_hit=bool(d.get("target_hit", False)),
             delta_id=d.get("delta_id"),
             started=float(d.get("started", 0.0)),
             closed=d.get("closed"),
-            fails={k: int(v) for k, v in d.get("fails", {}).items()},
-            lost={k: int(v) for k, v in d.get("lost", {}).items()},
+            waiting={k: int(v) for k, v in d.get("waiting", {}).items()},
+            n_active=int(d.get("active", 0)),
+            n_produced=int(d.get("produced", 0)),
+            fields=fields,
         )
-        run._recompute_pending(graph)
-        return run
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole run as one document (status pages, tests); needs every field."""
+        d: dict[str, Any] = json.loads(self.header())
+        d.update(new=sorted(self.new), done=sorted(self.done), active=self.active,
+                 waiting=sorted(self.waiting), produced=self.produced,
+                 fails={b: int(n) for b, n in self.fields.kind("f").items()},
+                 lost={b: int(n) for b, n in self.fields.kind("l").items()})
+        return d

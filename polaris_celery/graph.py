@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .builder import Builder, BuilderSpec, DataType, datum_name
 from .errors import GraphError
-from .workflow import Workflow
+from .workflow import ON_COMPLETE, Workflow
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +73,9 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
             problems.append(f"two builders are named {spec.name!r}")
             continue
         specs[spec.name] = spec
+    on_complete = getattr(workflow, "on_complete", "reopen")
+    if on_complete not in ON_COMPLETE:
+        problems.append(f"on_complete is {on_complete!r}; choose one of {', '.join(ON_COMPLETE)}")
     if not specs and not problems:
         problems.append("declares no builders")
 

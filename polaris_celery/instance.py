@@ -10,12 +10,13 @@ while running (the claim names the one `execute` call holding it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
 from .errors import PolarisError
-from .frontier import RunState
+from .frontier import Fields, NeedMore, RunState, header_name
 from .graph import Graph
 from .layout import Snapshot
 
@@ -66,11 +67,16 @@ class Settings:
 
 @dataclass
 class InstanceDoc:
-    """An instance's coordination state: the runs still in flight, whether it completed, the
-    workflow version it is pinned to, and whether it is open, cancelled or timed out."""
+    """An instance's coordination state: which runs are in flight, whether it completed, the
+    workflow version it is pinned to, and whether it is open, cancelled or timed out.
+
+    The document itself is small and the same size whatever the runs hold; each run in flight
+    keeps a header (`r:N`) and one field per builder or datum beside it in the state hash
+    (frontier.py), and `runs` holds those this step read."""
 
     next_run: int = 0
-    runs: dict[int, RunState] = field(default_factory=dict)
+    open: list[int] = field(default_factory=list)  # runs in flight, oldest first
+    runs: dict[int, RunState] = field(default_factory=dict)  # ... those loaded
     completed: bool = False
     created: float = 0.0
     updated: float = 0.0
@@ -82,12 +88,12 @@ class InstanceDoc:
     def finished(self) -> bool:
         """Nothing in flight and nothing more expected: completed, cancelled or timed out.
         Only a finished instance is unpinned from its version and may expire (`retention`)."""
-        return not self.runs and (self.completed or self.status != "open")
+        return not self.open and (self.completed or self.status != "open")
 
     def overdue(self, now: float) -> bool:
         """Open, with work in flight or still to come, and past its deadline."""
         return (self.status == "open" and self.deadline is not None and now >= self.deadline
-                and (bool(self.runs) or not self.completed))
+                and (bool(self.open) or not self.completed))
 
     @staticmethod
     def version_of(snap: Snapshot) -> int:
@@ -95,12 +101,13 @@ class InstanceDoc:
 
     @classmethod
     def load(cls, graph: Graph, snap: Snapshot) -> InstanceDoc:
+        """The document, with every open run whose header the snapshot holds."""
         if not snap.doc:
             return cls()
         d = json.loads(snap.doc)
-        return cls(
+        doc = cls(
             next_run=d["next"],
-            runs={int(r["id"]): RunState.from_json(graph, r) for r in d["runs"]},
+            open=[int(r) for r in d["runs"]],
             completed=d["completed"],
             created=d.get("created", 0.0),
             updated=d.get("updated", 0.0),
@@ -108,16 +115,41 @@ class InstanceDoc:
             status=d.get("status", "open"),
             deadline=d.get("deadline"),
         )
+        grouped = run_fields(snap.fields)
+        for run_id in doc.open:
+            header = snap.fields.get(header_name(run_id))
+            if header is None:
+                continue
+            known = None if snap.known is None else {
+                local for run, local in map(_local, snap.known) if run == run_id}
+            doc.runs[run_id] = RunState.load(
+                header, Fields(run_id, grouped.get(run_id, {}), known))
+        return doc
+
+    def run(self, run_id: int) -> RunState | None:
+        """Run `run_id` if it is in flight (NeedMore if its header was not read)."""
+        if run_id in self.runs:
+            return self.runs[run_id]
+        if run_id in self.open:
+            raise NeedMore(fields=[header_name(run_id)])
+        return None
+
+    def every_run(self) -> list[RunState]:
+        """Every run in flight; needs them all read."""
+        missing = [header_name(r) for r in self.open if r not in self.runs]
+        if missing:
+            raise NeedMore(fields=missing)
+        return [self.runs[r] for r in self.open]
 
     @property
     def pinned(self) -> bool:
         """An instance stays on its version until it completes with nothing in flight."""
-        return self.version > 0 and not (self.completed and not self.runs)
+        return self.version > 0 and not (self.completed and not self.open)
 
     def dump(self) -> str:
         d: dict[str, Any] = {
             "next": self.next_run,
-            "runs": [r.to_json() for r in self.runs.values()],
+            "runs": self.open,
             "completed": self.completed,
             "created": self.created,
             "updated": self.updated,
@@ -127,6 +159,40 @@ class InstanceDoc:
         if self.deadline is not None:
             d["deadline"] = self.deadline
         return json.dumps(d, separators=(",", ":"))
+
+
+def _local(full: str) -> tuple[int, str]:
+    """`a:3:B` -> (3, `a:B`); (0, "") for a field that is not a run's."""
+    kind, _, rest = full.partition(":")
+    run, sep, name = rest.partition(":")
+    if not sep or not run.isdigit() or len(kind) != 1:
+        return 0, ""
+    return int(run), f"{kind}:{name}"
+
+
+def run_fields(fields: Mapping[str, str]) -> dict[int, dict[str, str]]:
+    """The state hash's per-run fields, grouped by run (local names: `a:B`)."""
+    out: dict[int, dict[str, str]] = {}
+    for full, value in fields.items():
+        run, local = _local(full)
+        if run:
+            out.setdefault(run, {})[local] = value
+    return out
+
+
+def runs_json(state: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every run in flight as one document each (status pages, tests), from the whole state
+    hash."""
+    if not state.get("doc"):
+        return []
+    grouped = run_fields(state)
+    out = []
+    for run_id in json.loads(state["doc"])["runs"]:
+        header = state.get(header_name(int(run_id)))
+        if header is not None:
+            out.append(RunState.load(header, Fields(int(run_id), grouped.get(int(run_id), {})))
+                       .to_json())
+    return out
 
 
 def lease_field(run: int, builder: str) -> str:

@@ -2,7 +2,11 @@
 
 Key layout (every key of one instance shares the hash tag `{workflow/instance}`):
 
-    pc:{wf/id}:state          HASH  v, inc, doc               version, incarnation, runs in flight
+    pc:{wf/id}:state          HASH  v, inc, doc               version, incarnation, the document
+                                    r:N                     header of run N, while in flight
+                                    a:N:B x:N:B f:N:B l:N:B builder B in run N: token while
+                                                            active, done, failed / lost attempts
+                                    n:N:D p:N:D             datum D new in run N; its order
     pc:{wf/id}:data           HASH  datum name -> JSON        the instance's data
     pc:{wf/id}:lease          HASH  run/builder -> lease      see instance.py
     pc:{wf/id}:deltas         HASH  delta id -> run|digest    producers' idempotency keys
@@ -85,13 +89,42 @@ class Effects:
 
 
 @dataclass(frozen=True)
+class Want:
+    """What a decision reads of an instance besides its version, incarnation and document:
+    some fields of its state hash (runs' headers and per-builder fields), or all of them
+    (`whole`), and whether some of its data exist, or every data name (`names`)."""
+
+    fields: frozenset[str] = frozenset()
+    data: frozenset[str] = frozenset()
+    whole: bool = False
+    names: bool = False
+
+    def more(self, fields: frozenset[str], data: frozenset[str], whole: bool) -> Want:
+        """This, and what a decision asked for besides (it raised NeedMore)."""
+        grown = Want(self.fields | fields, self.data | data, self.whole or whole, self.names)
+        if grown == self:
+            raise AssertionError(f"a decision asked again for what it was given: {self}")
+        return grown
+
+
+WHOLE = Want(whole=True, names=True)
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """The instance as one version of its state saw it (`inc` empty: it does not exist)."""
+    """The instance as one version of its state saw it (`inc` empty: it does not exist).
+
+    `fields` holds what was read of the state hash beyond v, inc and doc; `known` the names
+    asked for (present or not; None: all of them). `data` tells which of the data asked for
+    exist."""
 
     version: int
     doc: str
-    names: frozenset[str]
     inc: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    known: frozenset[str] | None = None
+    data: Mapping[str, bool] = field(default_factory=dict)
+    names: frozenset[str] | None = None  # every data name (None: not read)
 
     @property
     def exists(self) -> bool:

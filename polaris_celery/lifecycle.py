@@ -68,7 +68,7 @@ def restart(c: Instances, workflow: str, instance_id: str, keep_data: bool = Tru
         inputs: dict[str, bytes] | None = None
         if keep_data:
             raw = c.store.read_data(workflow, instance_id,
-                                    sorted(n for n in newest.inputs if n in snap.names))
+                                    sorted(n for n in newest.inputs if n in (snap.names or ())))
             inputs = {n: codec.encode(codec.decode(newest, n, v)) for n, v in raw.items()}
         got = transitions.restart(c.machine, graph, newest, k, snap, inputs, c.clock())
         if got is None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .frontier import BuilderError, RunState
+from .frontier import BuilderError, RunState, header_name
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
 from .layout import Effects, Keys, Ops, Snapshot
@@ -33,8 +33,6 @@ class Step:
     ops: Ops
     sends: list[Dispatch] = field(default_factory=list)
     inline: str | None = None  # a successor claimed by this step, to run in the same process
-    doc: str = ""  # the document as this step writes it
-    names: frozenset[str] = frozenset()  # the instance's data names after it (commit only)
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
 
@@ -119,7 +117,7 @@ class Machine:
                token: int, error: BuilderError, step: Step, now: float) -> None:
         """A builder failed: retry per its policy, or fail the run once its retries are spent."""
         spec = graph.specs[builder]
-        fails = run.fails[builder] = run.fails.get(builder, 0) + 1
+        fails = run.add("f", builder)
         if fails <= spec.max_retries:
             self.requeue(graph, k, inc, run, builder, token + 1, step, now, spec.backoff(fails))
         else:
@@ -130,7 +128,7 @@ class Machine:
              why: str, step: Step, now: float) -> None:
         """An attempt was lost with its process: run it again at once under a new token
         (without spending retries), until `max_lost` such losses end it as WorkerLost."""
-        count = run.lost[builder] = run.lost.get(builder, 0) + 1
+        count = run.add("l", builder)
         step.ops.add("HDEL", k.lease, lease_field(run.id, builder))
         if count <= self.settings.max_lost:
             self.requeue(graph, k, inc, run, builder, token + 1, step, now)
@@ -151,13 +149,22 @@ class Machine:
         wake its waiters, append it to the history and drop it from the document."""
         if not run.settled:
             doc.runs[run.id] = run
+            if run.id not in doc.open:
+                doc.open.append(run.id)
             return
+        produced = run.produced  # needs the whole run read (once per run)
+        gone = [run.fields.full(f) for f in run.fields.values]
+        if run.id in doc.open:
+            doc.open.remove(run.id)
+            gone.append(header_name(run.id))
         doc.runs.pop(run.id, None)
+        if gone:
+            step.ops.add("HDEL", k.state, *gone)
         if run.target_hit:
             doc.completed = True
         outcome: dict[str, Any] = {
             "run": run.id, "inc": inc, "status": run.outcome,
-            "completed": run.target_hit or completed, "produced": run.produced,
+            "completed": run.target_hit or completed, "produced": produced,
             "started": run.started, "ended": now, "version": graph.version,
         }
         if run.error is not None:
@@ -179,7 +186,7 @@ class Machine:
         """Close every run in flight as `status`; nothing of them runs any more. Attempts
         still running find their commit refused (and keep their datum aside as late)."""
         step.ops.add("DEL", k.lease)
-        for run in list(doc.runs.values()):
+        for run in doc.every_run():
             run.close(graph, status)
             self.place(graph, k, inc, doc, run, step, now)
 
@@ -193,15 +200,25 @@ class Machine:
         if doc.finished:
             self.unpin(graph.key, k, doc, step)
             step.fx.watch = math.inf
-        elif not doc.runs and doc.deadline is not None and doc.status == "open":
+        elif not doc.open and doc.deadline is not None and doc.status == "open":
             step.fx.watch = doc.deadline  # paused: the deadline is all there is left to watch
-        elif not doc.runs:
+        elif not doc.open:
             step.fx.watch = math.inf
         if not write:
             return
         doc.updated = now
-        step.doc = doc.dump()
-        ops.hset(k.state, {"v": snap.version + 1, "doc": step.doc})
+        writes: dict[str, Any] = {"v": snap.version + 1, "doc": doc.dump()}
+        gone: list[str] = []
+        for run in doc.runs.values():
+            writes[header_name(run.id)] = run.header()
+            for name, value in run.fields.dirty.items():
+                if value is None:
+                    gone.append(run.fields.full(name))
+                else:
+                    writes[run.fields.full(name)] = value
+        if gone:
+            ops.add("HDEL", k.state, *gone)
+        ops.hset(k.state, writes)
         if doc.finished and self.settings.retention is not None:
             for key in k.lasting:
                 ops.add("EXPIRE", key, self.settings.retention)

@@ -5,7 +5,8 @@ Everything here reads the keys listed in `stores.redis` through the store's own 
 be tested (and reused, e.g. by a web page) without a terminal. Nothing here writes to Redis.
 
 Sources, per instance:
-  state   the coordinator's `InstanceDoc` (runs in flight, completed flag, timestamps)
+  state   the coordinator's `InstanceDoc` (completed flag, timestamps), and beside it each run
+          in flight: a header and one field per builder or datum (frontier.py)
   lease   `run/builder -> token|q|deadline|resends` (queued) or `token|r|deadline|claim`
   data    the instance's data (only their sizes are read, with HSTRLEN)
   history summaries of settled runs, newest first
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from .errors import StoreUnavailable
 from .graph import Graph
+from .instance import runs_json
 from .stores.redis import Keys, RedisError, RedisStore
 
 T = TypeVar("T")
@@ -258,11 +260,12 @@ def _leases(raw: Mapping[bytes, bytes]) -> dict[tuple[int, str], tuple[int, str,
     return out
 
 
-def _in_flight(doc: Mapping[str, Any], leases: dict[tuple[int, str], tuple[int, str, float]]
+def _in_flight(state: Mapping[str, str],
+               leases: dict[tuple[int, str], tuple[int, str, float]]
                ) -> tuple[list[RunInFlight], list[ActiveBuilder]]:
     runs: list[RunInFlight] = []
     builders: list[ActiveBuilder] = []
-    for r in doc.get("runs", ()):
+    for r in runs_json(state):
         run_id = int(r["id"])
         runs.append(RunInFlight(
             run=run_id, started=float(r.get("started", 0.0)), new=tuple(sorted(r["new"])),
@@ -276,8 +279,8 @@ def _in_flight(doc: Mapping[str, Any], leases: dict[tuple[int, str], tuple[int, 
                 builders.append(ActiveBuilder(run_id, builder, int(token), "unsent", None))
                 continue
             ltoken, lstate, deadline = lease
-            state = {"q": "queued", "r": "running"}.get(lstate, lstate)
-            builders.append(ActiveBuilder(run_id, builder, ltoken, state, deadline))
+            shown = {"q": "queued", "r": "running"}.get(lstate, lstate)
+            builders.append(ActiveBuilder(run_id, builder, ltoken, shown, deadline))
         for builder in sorted(r.get("waiting", ())):
             builders.append(ActiveBuilder(run_id, builder, None, "waiting", None))
     return runs, builders
@@ -297,14 +300,16 @@ def read_status(store: RedisStore, graph: Graph, instance_id: str, *,
 
     def first() -> list[Any]:
         pipe = store.client.pipeline(transaction=True)
-        pipe.hmget(k.state, "v", "doc")
+        pipe.hgetall(k.state)
         pipe.hgetall(k.lease)
         pipe.hkeys(k.data)
         pipe.lrange(k.history, 0, history - 1)
         pipe.xrevrange(k.log, count=LOG_LIMIT)
         return list(pipe.execute())
 
-    (v, doc_raw), lease_raw, names_raw, history_raw, log_raw = _redis(first, "reading status")
+    state_raw, lease_raw, names_raw, history_raw, log_raw = _redis(first, "reading status")
+    state = {_s(f): _s(x) for f, x in state_raw.items()}
+    v, doc_raw = state.get("v"), state.get("doc")
     names = sorted(_s(n) for n in names_raw)
 
     def sizes() -> list[int]:
@@ -315,7 +320,7 @@ def read_status(store: RedisStore, graph: Graph, instance_id: str, *,
 
     size_of = dict(zip(names, _redis(sizes, "reading data sizes"), strict=True)) if names else {}
     doc: dict[str, Any] = json.loads(doc_raw) if doc_raw else {}
-    runs, builders = _in_flight(doc, _leases(lease_raw))
+    runs, builders = _in_flight(state, _leases(lease_raw))
     writers = last_writers(parse_log(reversed(list(log_raw or []))))
     data = []
     for n in names:

@@ -16,11 +16,12 @@ alone, so nothing runs after it whoever gets there first.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
 from .errors import InstanceClosed
-from .frontier import BuilderError, RunState
+from .frontier import BuilderError, Presence, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, lease_field, parse_lease, queued_lease
 from .layout import Keys, Ops, Snapshot
@@ -42,6 +43,12 @@ def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, 
         raise InstanceClosed(f"{k.member} passed its deadline")
     step = new_step(k)
     reopened = not snap.exists or doc.finished
+    after = graph.workflow.on_complete
+    if doc.completed and delta and after == "close":
+        raise InstanceClosed(f"{k.member} completed, and its workflow closes an instance on "
+                             "completion (on_complete='close'); restart it to run it again")
+    if doc.completed and delta and after == "late":
+        return late(m, graph, k, snap, doc, delta, delta_record, delta_id, now), doc.next_run
     if not snap.exists:
         step.ops.hset(k.state, {"inc": inc})
     m.pin(graph, k, doc, step)
@@ -61,11 +68,32 @@ def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, 
     return step, run
 
 
+def late(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc,
+         delta: Mapping[str, bytes], delta_record: str | None, delta_id: str | None,
+         now: float) -> Step:
+    """A delta for a completed instance of an `on_complete="late"` workflow: its data are kept
+    apart as late data, nothing runs, and its run ends at once as "late"."""
+    step = new_step(k)
+    reopened = doc.finished
+    doc.next_run += 1
+    if delta_id is not None and delta_record is not None:
+        step.ops.hset(k.deltas, {delta_id: delta_record.format(run=doc.next_run)})
+    step.ops.hset(k.late, delta)
+    step.ops.log(k, m.settings.log_length, ev="late", inc=snap.inc, run=doc.next_run,
+                 data=",".join(sorted(delta)), at=f"{now:.6f}", by=m.worker_name)
+    run = RunState(id=doc.next_run, started=now, delta_id=delta_id, closed="late")
+    m.place(graph, k, snap.inc, doc, run, step, now, completed=True)
+    m.seal(graph, k, snap, reopened, doc, step, now)
+    return step
+
+
 def start_run(m: Machine, graph: Graph, k: Keys, inc: str, doc: InstanceDoc, snap: Snapshot,
               delta: Mapping[str, bytes], delta_id: str | None, step: Step, now: float) -> int:
     """Start the next run on `delta` (already in the data hash, or written by the caller)."""
     doc.next_run += 1
-    present = set(snap.names) | set(delta)
+    present = presence(snap)
+    for name in delta:
+        present.add(name)
     run, ready = RunState.start(graph, doc.next_run, delta, present, started=now,
                                 delta_id=delta_id)
     if delta:
@@ -86,16 +114,16 @@ def commit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, run_id: int, build
     superseded, or its instance was closed, restarted or deleted): nothing of it is applied,
     except that a datum produced for a closed instance is kept apart as late data."""
     doc = InstanceDoc.load(graph, snap)
-    run = doc.runs.get(run_id)
+    run = doc.run(run_id)
     inc = snap.inc
     step = new_step(k)
     reopened = doc.finished
     spec = graph.specs[builder]
-    if run is not None and run.active.get(builder) == token and doc.overdue(now):
+    if run is not None and run.token(builder) == token and doc.overdue(now):
         m.close(graph, k, inc, doc, step, now, "timed_out")
         doc.status = "timed_out"
         run = None
-    if run is None or run.active.get(builder) != token:
+    if run is None or run.token(builder) != token:
         if doc.status == "open" or produced is None or not snap.exists:
             return None
         step.ops.add("ONCE", k.run(inc, run_id), f"_op:{builder}:{token}", once)
@@ -109,21 +137,20 @@ def commit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, run_id: int, build
     ops = step.ops
     ops.add("ONCE", k.run(inc, run_id), f"_op:{builder}:{token}", once)
     ops.add("HDEL", k.lease, lease_field(run_id, builder))
-    present = set(snap.names) | (run.new & graph.transients)
+    present = presence(snap)
     if error is None:
         name = spec.produces_name if produced is not None else None
         if name is not None and produced is not None:
             if name not in graph.transients:
                 ops.hset(k.data, {name: produced})
+                present.add(name)
             ops.hset(k.run(inc, run_id), {name: produced})
-            present.add(name)
         ready = run.finished(graph, builder, name, present)
         result = name or "-"
     else:
         m.failed(graph, k, inc, run, builder, token, error, step, now)
         ready = []
         result = f"error:{error.type}"
-    step.names = frozenset(present - graph.transients)
     m.dispatch(graph, k, inc, run, ready, step, now, inline_claim=inline_claim,
                may_inline=may_inline)
     ops.log(k, m.settings.log_length, ev="builder", inc=inc, run=run_id, b=builder,
@@ -138,10 +165,10 @@ def lose(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
     """The process running attempt `token` died (its worker saw the pool child go): re-run it
     now rather than when its lease ends. None if that attempt no longer holds the builder."""
     doc = InstanceDoc.load(graph, snap)
-    run = doc.runs.get(run_id)
+    run = doc.run(run_id)
     fld = lease_field(run_id, builder)
     value = leases.get(fld)
-    if run is None or run.active.get(builder) != token or value is None \
+    if run is None or run.token(builder) != token or value is None \
             or parse_lease(value).token != token:
         return None
     step = new_step(k)
@@ -151,6 +178,13 @@ def lose(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
     m.place(graph, k, snap.inc, doc, run, step, now)
     m.seal(graph, k, snap, reopened, doc, step, now)
     return step
+
+
+def presence(snap: Snapshot) -> Presence:
+    """Which data exist, as far as `snap` read them."""
+    if snap.names is not None:
+        return Presence(dict.fromkeys(snap.names, True), complete=True)
+    return Presence(dict(snap.data))
 
 
 def bump(k: Keys, snap: Snapshot) -> Ops:
@@ -190,7 +224,7 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
     next_look = doc.deadline if doc.deadline is not None and doc.status == "open" \
         and not doc.finished else math.inf
     changed = False
-    for run in list(doc.runs.values()):
+    for run in doc.every_run():
         for builder, token in list(run.active.items()):
             fld = lease_field(run.id, builder)
             value = left.pop(fld, None)
@@ -225,7 +259,7 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
     for orphan in sorted(left):  # leases of builders no run has active any more
         step.ops.add("HDEL", k.lease, orphan)
         changed = True
-    if doc.runs:
+    if doc.open:
         step.fx.watch = next_look if next_look != math.inf else now + m.settings.dispatch_timeout
     m.seal(graph, k, snap, reopened, doc, step, now, write=changed)
     return step
@@ -268,7 +302,7 @@ def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
     run: int | None = None
     if inputs is None:
         step.ops.add("DEL", k.data)
-        snap = Snapshot(snap.version, snap.doc, frozenset(), snap.inc)
+        snap = dataclasses.replace(snap, data={}, names=frozenset())
     elif inputs:
         m.pin(newest, k, doc, step)
         run = start_run(m, newest, k, snap.inc, doc, snap, inputs, None, step, now)

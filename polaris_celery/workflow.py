@@ -7,6 +7,9 @@ from typing import ClassVar
 
 from .builder import Builder, DataType
 
+#: The values `Workflow.on_complete` takes.
+ON_COMPLETE = ("reopen", "close", "late")
+
 
 class Workflow:
     """Base class of workflows.
@@ -19,6 +22,11 @@ class Workflow:
         kept in the instance (the Java original's transient data).
       deadline: seconds from an instance's first delta after which nothing more runs and it is
         marked timed out (distributed executor; `submit_delta(deadline=...)` overrides it).
+      on_complete: what a delta sent after the target was produced does. "reopen" (the
+        default, DBF's semantics): it starts a run like any other, so builders run again.
+        "close": it is refused with InstanceClosed (an order, once shipped, stays shipped).
+        "late": its data are kept apart as late data and nothing runs; its run ends "late".
+        A restart opens the instance again under every setting.
     """
 
     builders: ClassVar[Sequence[type[Builder]]] = ()
@@ -26,3 +34,4 @@ class Workflow:
     resolution: ClassVar[Mapping[DataType, type[Builder]]] = {}
     transients: ClassVar[Sequence[DataType]] = ()
     deadline: ClassVar[float | None] = None
+    on_complete: ClassVar[str] = "reopen"

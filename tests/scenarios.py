@@ -543,6 +543,8 @@ WORKFLOWS: dict[str, type[pc.Workflow]] = {
     "maybe": Maybe,
     "stops-at-target": StopsAtTarget,
     "functions": Functions,
+    "dbf-close": type("DBFClose", (DBF,), {"on_complete": "close"}),
+    "dbf-late": type("DBFLate", (DBF,), {"on_complete": "late"}),
 }
 
 

@@ -13,7 +13,9 @@ import pytest
 import polaris_celery as pc
 
 from .conftest import CeleryEnv
-from .scenarios import A, B, D, G, Scratch, Token, calls, seen
+from .scenarios import DBF, A, B, D, G, Scratch, Token, calls, seen
+
+DBF_BUILDERS, DBF_TARGET = DBF.builders, DBF.target
 
 
 def doc(env: CeleryEnv, key: str, iid: str) -> dict:
@@ -170,3 +172,43 @@ def test_async_wait_timeout(celery_env: CeleryEnv, iid):
         assert (await h.wait_async(5)).get(B) == B(v=1)
 
     asyncio.run(main())
+
+
+# -- what a delta after completion does (on_complete) -------------------------------------------
+
+def test_a_completed_instance_reopens_by_default(run, iid):
+    assert run("dbf", iid, A(v=1), B(v=1), D(v=0)).completed
+    assert run("dbf", iid, A(v=2)).completed  # builders ran again
+    assert calls(iid) == ["BA", "BB", "BC"] * 2
+
+
+def test_on_complete_close_refuses_later_deltas_and_keeps_what_it_had(run, iid, stored):
+    assert run("dbf-close", iid, A(v=1), B(v=1), D(v=0)).completed
+    with pytest.raises(pc.InstanceClosed, match="on_complete"):
+        run("dbf-close", iid, A(v=2))
+    assert calls(iid) == ["BA", "BB", "BC"] and "F" in stored("dbf-close", iid)
+
+
+def test_on_complete_late_keeps_later_deltas_apart(celery_env: CeleryEnv, iid):
+    ex = celery_env.executor
+    assert ex.submit_delta("dbf-late", iid, A(v=1), B(v=1), D(v=0)).wait(10).completed
+    r = ex.submit_delta("dbf-late", iid, A(v=2), delta_id="coupon").wait(10)
+    assert r.status == "late" and r.completed and r.run == 2
+    again = ex.submit_delta("dbf-late", iid, A(v=2), delta_id="coupon")  # applied once
+    assert again.run == 2
+    k = celery_env.store.keys("dbf-late", iid)
+    assert json.loads(celery_env.store.client.hget(k.late, "A")) == {"v": 2}
+    assert json.loads(celery_env.store.client.hget(k.data, "A")) == {"v": 1}  # not merged
+    assert calls(iid) == ["BA", "BB", "BC"]  # nothing ran again
+    h = ex.restart("dbf-late", iid, keep_data=True)  # a restart opens it again
+    assert h is not None and h.wait(10).completed and calls(iid) == ["BA", "BB", "BC"] * 2
+
+
+def test_on_complete_must_be_known():
+    class Bad(pc.Workflow):
+        builders = DBF_BUILDERS
+        target = DBF_TARGET
+        on_complete = "ignore"
+
+    with pytest.raises(pc.GraphError, match="on_complete is 'ignore'; choose one of reopen"):
+        pc.compile_workflow("bad", Bad)

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pydantic import BaseModel
 
 from .. import codec
-from ..errors import BuilderFailed
+from ..errors import BuilderFailed, InstanceClosed
 from ..frontier import BuilderError, RunState
 from ..graph import Graph
 from ..invoke import AfterHook, BeforeHook, Outcome, attempt
@@ -68,6 +68,11 @@ class Executor:
         check_instance_id(instance_id)
         delta = codec.encode_delta(graph, data)
         store = self.registry.store
+        if delta and graph.workflow.on_complete != "reopen" \
+                and graph.target in store.data_names(key, instance_id):
+            # No late-data area in process: "late" refuses too, and nothing is stored.
+            raise InstanceClosed(f"{key}/{instance_id} completed, and its workflow has "
+                                 f"on_complete={graph.workflow.on_complete!r}")
         transient = {n: v for n, v in delta.items() if n in graph.transients}
         lasting = {n: v for n, v in delta.items() if n not in graph.transients}
         if lasting:
@@ -106,12 +111,16 @@ class Executor:
             return frozenset(n for n in graph.specs[builder].readable_names if n in run.new)
 
         if pool is None:
+            # A ready builder is dispatched (active, so it holds back what is downstream of
+            # it) as soon as it is ready, as the other executors do, and runs in rank order.
+            for b in ready:
+                run.dispatched(graph, b, 1)
             heap = [(graph.rank[b], b) for b in ready]
             heapq.heapify(heap)
             while heap and not run.stopped:
                 _, b = heapq.heappop(heap)
-                run.dispatched(graph, b, 1)
                 for nb in commit(b, execute(b, new_inputs(b))):
+                    run.dispatched(graph, nb, 1)
                     heapq.heappush(heap, (graph.rank[nb], nb))
         else:
             futures: dict[Future[Outcome], str] = {}

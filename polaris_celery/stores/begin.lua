@@ -2,7 +2,7 @@
 -- KEYS: state hash, data hash, lease hash, run hash (run results and transients), and on a
 --       single node the instance's index bucket (a cluster touches it apart: other slot).
 -- ARGV: lease field, token, lease value when running, claim id, incarnation, lease deadline,
---       index member, #data names, data names..., run names...
+--       index member, #data names, #state fields, data names..., state fields..., run names...
 -- The claim moves the lease from queued ("token|q|deadline|resends") to running
 -- ("token|r|deadline|claim") and brings the instance's index entry forward to the running
 -- lease's deadline, so a crashed attempt is looked at when its lease ends. Asked again with the
@@ -22,8 +22,11 @@ elseif tag ~= ARGV[4] then
 end
 local state = redis.call('HMGET', KEYS[1], 'v', 'doc')
 local n = tonumber(ARGV[8])
+local m = tonumber(ARGV[9])
 local data = {}
+local fields = {}
 local run = {}
-if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 9, 8 + n)) end
-if #ARGV > 8 + n then run = redis.call('HMGET', KEYS[4], unpack(ARGV, 9 + n, #ARGV)) end
-return {'ok', state[1] or '0', state[2] or '', redis.call('HKEYS', KEYS[2]), data, run}
+if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 10, 9 + n)) end
+if m > 0 then fields = redis.call('HMGET', KEYS[1], unpack(ARGV, 10 + n, 9 + n + m)) end
+if #ARGV > 9 + n + m then run = redis.call('HMGET', KEYS[4], unpack(ARGV, 10 + n + m, #ARGV)) end
+return {'ok', state[1] or '0', state[2] or '', fields, data, run}

@@ -1,5 +1,5 @@
 -- Compare-and-set of one workflow instance, then a list of operations, atomically.
--- KEYS[1] = the instance's state hash (fields v, inc, doc); KEYS[2] = its data hash.
+-- KEYS[1] = the instance's state hash (fields v, inc, doc, runs' fields); KEYS[2] = its data hash.
 -- ARGV[1] = the version and ARGV[2] the incarnation the caller computed its writes from.
 -- ARGV[3..] = ops, each: name, key index, arg count, args...
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
@@ -7,7 +7,8 @@
 --                          the caller's write was applied before (its reply was lost): {2, v}
 --   HMGET / HKEYS          reads whose replies are returned, in order
 --   anything in WRITES     executed as is
--- Reply: {1, version, reads} when applied, {0, version, doc, data names, inc} on a conflict.
+-- Reply: {1, version, reads} when applied, {0, version} on a conflict (the caller reads again
+-- what its decision needs: view.lua).
 -- Every decision was made by the caller in Python from the state at ARGV[1..2]; this script
 -- only refuses to apply it to any other state. That is the fencing: a stale attempt, a second
 -- reconciler, a re-delivered message or anything of an earlier incarnation computed from an
@@ -21,7 +22,7 @@ while i <= #ARGV do
   ops[#ops + 1] = {ARGV[i], KEYS[tonumber(ARGV[i + 1])], {unpack(ARGV, i + 3, i + 2 + c)}}
   i = i + 3 + c
 end
-local st = redis.call('HMGET', KEYS[1], 'v', 'inc', 'doc')
+local st = redis.call('HMGET', KEYS[1], 'v', 'inc')
 local v = st[1] or '0'
 local function conflict()
   for _, op in ipairs(ops) do
@@ -29,7 +30,7 @@ local function conflict()
       return {2, v}
     end
   end
-  return {0, v, st[3] or '', redis.call('HKEYS', KEYS[2]), st[2] or ''}
+  return {0, v}
 end
 if v ~= ARGV[1] or (st[2] or '') ~= ARGV[2] then return conflict() end
 for _, op in ipairs(ops) do

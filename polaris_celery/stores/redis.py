@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
 from ..errors import ConfigurationError, StoreUnavailable
-from ..layout import Effects, Keys, Ops, Snapshot
+from ..layout import WHOLE, Effects, Keys, Ops, Snapshot, Want
 from .shared import RetiringError, Shared
 
 T = TypeVar("T")
@@ -149,6 +149,7 @@ class RedisStore:
         self.shared = Shared(self.client, prefix)
         self._cas = self.client.register_script(_script("cas.lua"))
         self._begin = self.client.register_script(_script("begin.lua"))
+        self._view = self.client.register_script(_script("view.lua"))
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)!r}, prefix={self.prefix!r})"
@@ -229,23 +230,36 @@ class RedisStore:
 
     # -- coordination primitives (distributed executor) -------------------------------------
 
-    def snapshot(self, k: Keys, delta_id: str | None = None) -> tuple[Snapshot, str | None]:
-        """The instance's state and data names, and what `delta_id` maps to if it was applied."""
+    def view(self, k: Keys, want: Want = WHOLE, delta_id: str | None = None
+             ) -> tuple[Snapshot, str | None]:
+        """What `want` asks of the instance, at one version (view.lua), and what `delta_id`
+        maps to if that delta was applied."""
+        fields = sorted(want.fields)
+        data = sorted(want.data)
 
         def go() -> tuple[Snapshot, str | None]:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hmget(k.state, "v", "doc", "inc")
-            pipe.hkeys(k.data)
-            if delta_id is not None:
-                pipe.hget(k.deltas, delta_id)
-            replies = pipe.execute()
-            (v, doc, inc), names = replies[0], replies[1]
-            seen = replies[2] if delta_id is not None else None
-            snap = Snapshot(int(v or 0), (doc or b"").decode(),
-                            frozenset(n.decode() for n in names), (inc or b"").decode())
-            return snap, (seen.decode() if seen is not None else None)
+            reply = self._view(keys=[k.state, k.data, k.deltas], args=[
+                "1" if want.whole else "0", "1" if want.names else "0", delta_id or "",
+                len(fields), *fields, *data])
+            v, inc, doc, got, exists, names, seen = reply
+            if want.whole:
+                flat = [_text(x) for x in got]
+                values = {f: x for f, x in zip(flat[::2], flat[1::2], strict=True)
+                          if f not in ("v", "inc", "doc")}
+                known: frozenset[str] | None = None
+            else:
+                values = {f: _text(x) for f, x in zip(fields, got, strict=True) if x is not None}
+                known = frozenset(fields)
+            snap = Snapshot(int(v or 0), _text(doc), _text(inc), values, known,
+                            {d: bool(e) for d, e in zip(data, exists, strict=True)},
+                            frozenset(_text(n) for n in names) if want.names else None)
+            return snap, (_text(seen) or None) if delta_id is not None else None
 
         return _wrap(go, "reading instance state")
+
+    def snapshot(self, k: Keys, delta_id: str | None = None) -> tuple[Snapshot, str | None]:
+        """The instance's whole state (every field and data name); see `view` for less."""
+        return self.view(k, WHOLE, delta_id)
 
     def cas(self, ops: Ops, expected: Snapshot, k: Keys, fx: Effects | None = None,
             seen: float | None = None, sleep: Callable[[float], None] = time.sleep
@@ -254,7 +268,7 @@ class RedisStore:
         `fx` on the shared keys (see stores/shared.py; `seen`: the index score a reconciler
         read before its look).
 
-        Returns ("applied", reads), ("conflict", the newer snapshot to recompute from),
+        Returns ("applied", reads), ("conflict", the newer version: read again and decide),
         ("done", None) when a ONCE mark shows this very write was applied before, or
         ("retired", version) when it would pin an instance to a retired version."""
         fx = fx or Effects()
@@ -278,8 +292,7 @@ class RedisStore:
             return "applied", list(reply[2])
         if code == 2:
             return "done", None
-        return "conflict", Snapshot(int(reply[1]), _text(reply[2]),
-                                    frozenset(n.decode() for n in reply[3]), _text(reply[4]))
+        return "conflict", int(reply[1])
 
     def _acked(self, key: str, script: Callable[[Any], Any]) -> Any:
         """Run `script` (on `key`'s node), then, with min_replicas_ack, WAIT on the very same
@@ -301,8 +314,10 @@ class RedisStore:
     def begin(
         self, k: Keys, inc: str, field: str, token: int, lease_value: str, lease_ends: float,
         claim: str, data_names: Sequence[str], run_names: Sequence[str], run: int,
+        fields: Sequence[str] = (),
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
-        """Claim a queued attempt and load its inputs: (status, snapshot, name -> raw).
+        """Claim a queued attempt and load its inputs: (status, snapshot of the document and
+        of the state `fields`, name -> raw).
         Idempotent for one claim id, so a caller whose reply was lost may simply ask again.
         The instance's next look comes forward to the running lease's end (in the script on a
         single node; just after it on a cluster)."""
@@ -313,7 +328,7 @@ class RedisStore:
             lambda: self._begin(
                 keys=keys,
                 args=[field, token, lease_value, claim, inc, f"{lease_ends:.3f}", k.member,
-                      len(data_names), *data_names, *run_names],
+                      len(data_names), len(fields), *data_names, *fields, *run_names],
             ),
             "starting a builder",
         )
@@ -322,8 +337,9 @@ class RedisStore:
             return status, None, {}
         if self.cluster:
             _wrap(lambda: self.shared.touch(k.member, lease_ends), "touching the index")
-        snap = Snapshot(int(reply[1]), _text(reply[2]), frozenset(n.decode() for n in reply[3]),
-                        inc)
+        snap = Snapshot(int(reply[1]), _text(reply[2]), inc,
+                        {f: _text(x) for f, x in zip(fields, reply[3], strict=True)
+                         if x is not None}, frozenset(fields))
         raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
         raw.update({n: v for n, v in zip(run_names, reply[5], strict=True) if v is not None})
         return status, snap, raw

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 import polaris_celery as pc
-from polaris_celery.frontier import BuilderError, RunState
+from polaris_celery.frontier import BuilderError, Fields, NeedMore, Presence, RunState
 
 from ..scenarios import BA, BB, BC, DBF, A, B, C, Cycle, D, Diamond, E, F, Resolved
 
@@ -196,7 +196,7 @@ def test_frontier_start_finish_and_settle():
 def test_frontier_waits_for_pending_upstream():
     g = pc.compile_workflow("diamond", Diamond)
     run, ready = RunState.start(g, 1, ["A"], {"A"})
-    assert set(ready) == {"Left", "Right"} and run.waiting == {"Waiter"}
+    assert set(ready) == {"Left", "Right"} and set(run.waiting) == {"Waiter"}
 
 
 def test_frontier_failure_stops_dispatch():
@@ -209,13 +209,20 @@ def test_frontier_failure_stops_dispatch():
     assert run.settled and run.outcome == "failed"
 
 
-def test_frontier_round_trips_through_json():
+def _stored(run: RunState) -> RunState:
+    """`run` as the distributed executor stores and loads it: a header and its fields."""
+    values = {**run.fields.values, **run.fields.dirty}
+    return RunState.load(run.header(), Fields(run.id, {k: v for k, v in values.items()
+                                                       if v is not None}))
+
+
+def test_frontier_round_trips_through_its_fields():
     g = pc.compile_workflow("diamond", Diamond)
     run, ready = RunState.start(g, 3, ["A"], {"A"}, delta_id="d1")
     for b in ready:
         run.dispatched(g, b, 1)
-    again = RunState.from_json(g, run.to_json())
-    assert again.to_json() == run.to_json()
+    again = _stored(run)
+    assert again.to_json() == run.to_json() and again.waiting == {"Waiter": 1}
     # Waiter's only upstream is Left (through its optional B); Join also needs Right's C.
     assert again.finished(g, "Left", "B", {"A", "B"}) == ["Waiter"]
     again.dispatched(g, "Waiter", 1)
@@ -226,3 +233,30 @@ def test_builders_in_a_run_are_dbf_specs():
     g = pc.compile_workflow("dbf", DBF)
     assert g.spec("BA") is BA.spec and g.spec("BB") is BB.spec and g.spec("BC") is BC.spec
     assert E.__name__ in g.types
+
+
+def test_a_partial_view_asks_for_what_it_lacks_and_decides_the_same_with_it():
+    """A commit reads only some fields; deciding from that view raises NeedMore naming the
+    rest, and given them it decides exactly as from the whole state."""
+    g = pc.compile_workflow("diamond", Diamond)
+    run, ready = RunState.start(g, 3, ["A"], {"A"})
+    for b in ready:
+        run.dispatched(g, b, 1)
+    whole = _stored(run)
+    stored = {f"{k[0]}:3:{k[2:]}": v for k, v in whole.fields.values.items()}
+    asked: set[str] = {"a:3:Left"}
+    data: dict[str, bool] = {}
+    for _ in range(10):
+        view = RunState.load(run.header(), Fields(3, {k[:1] + k[3:]: v for k, v in
+                                                      stored.items() if k in asked},
+                                                  {k[:1] + k[3:] for k in asked}))
+        try:
+            got = view.finished(g, "Left", "B", Presence(dict(data)))
+            break
+        except NeedMore as more:
+            assert more.fields - asked or set(more.data) - set(data), "asked again"
+            asked |= more.fields
+            data.update({d: d in {"A", "B"} for d in more.data})
+    else:
+        raise AssertionError("never had enough")
+    assert got == _stored(run).finished(g, "Left", "B", {"A", "B"}) == ["Waiter"]

@@ -52,7 +52,7 @@ M["c04"] = [rep("polaris_celery/lifecycle.py",
                         [codec.decode(newest, n, v) for n, v in raw0.items()])
 ''')]
 M["c05"] = [rep("polaris_celery/instance.py",
-    "and (bool(self.runs) or not self.completed))",
+    "and (bool(self.open) or not self.completed))",
     "and (not self.completed))  # MUTATION c05")]
 M["c06"] = [rep("polaris_celery/stores/shared.py",
     "        waited = 0.0\n        while True:\n",
@@ -92,9 +92,25 @@ M["c08"] = [rep("polaris_celery/invoke.py",
     "        raw = None if produced is None else _checked(spec, produced, max_bytes)",
     "        raw = None  # MUTATION c08: not encoded in the attempt"),
     rep("polaris_celery/coordinator.py",
-    "self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw, out.error,",
+    "self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,\n",
     "self.machine, graph, k, snap, c.run, c.builder, c.token,"
-    " codec.encode(out.produced) if out.produced is not None else None, out.error,")]
+    " codec.encode(out.produced) if out.produced is not None else None,\n")]
+# Issue 12 (the run's state as fields read partially): a waiting join that is never released
+# (its count of active ancestors never goes down), and a partial view that takes a field it
+# did not read for an absent one.
+M["f01"] = [rep("polaris_celery/frontier.py",
+    """            self.n_active -= 1
+            for w in self.waiting:
+                if graph.is_upstream(builder, w):
+                    self.waiting[w] -= 1""",
+    """            self.n_active -= 1  # MUTATION f01: waiting counts never go down""")]
+M["f02"] = [rep("polaris_celery/frontier.py",
+    """        if self.known is None:
+            return
+        missing""",
+    """        if True:  # MUTATION f02: what was not read counts as absent
+            return
+        missing""")]
 M["c09"] = [rep("polaris_celery/invoke.py",
     "        return codec.encode_valid(produced, max_bytes)",
     "        return codec.encode(produced)  # MUTATION c09: no validation")]

@@ -4,7 +4,8 @@ library: the checker's only source of truth.
 Layout (both shapes are accepted; `inc` is the incarnation, "" where the code has none):
 
     pc:{wf/id}:state            HASH  v, doc (JSON: next, runs, completed, version, status,
-                                      deadline), inc
+                                      deadline), inc; and per run in flight (when `runs` lists
+                                      ids): r:N (its header), a:N:B (B's token while active)
     pc:{wf/id}:lease            HASH  run/builder -> token|state|deadline|tag
     pc:{wf/id}:data             HASH  datum -> JSON
     pc:{wf/id}:log              STREAM ev=builder entries: run, b, attempt, result, inc
@@ -109,7 +110,20 @@ class InstanceView:
 
     @cached_property
     def runs(self) -> list[dict[str, Any]]:
-        return list(self.doc.get("runs", []))
+        """The runs in flight as {id, active: builder -> token}, from either layout: whole
+        documents in the doc's `runs`, or run ids there with a header `r:N` and one field
+        `a:N:builder` per active builder in the state hash."""
+        out = []
+        for run in self.doc.get("runs", []):
+            if isinstance(run, dict):
+                out.append(run)
+                continue
+            prefix = f"a:{run}:"
+            active = {f[len(prefix):]: int(t) for f, t in self.state.items()
+                      if f.startswith(prefix)}
+            out.append({"id": int(run), "active": active,
+                        "header": json.loads(self.state.get(f"r:{run}", "{}"))})
+        return out
 
 
 @dataclass
