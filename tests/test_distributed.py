@@ -23,10 +23,16 @@ from .scenarios import A, B, C, D, F, G, X, Y, calls, seen
 from .workers import worker_process
 
 
-def test_builders_run_in_other_processes_and_fan_out_runs_concurrently(redis_server):
+@pytest.mark.parametrize("store", ["one node", "cluster"])
+def test_builders_run_in_other_processes_and_fan_out_runs_concurrently(
+        redis_server, store: str, request: pytest.FixtureRequest):
+    """Worker processes on a store on one Redis, and on a Redis Cluster (the broker stays on
+    one node: Celery's Redis transport has no cluster support)."""
     broker = f"redis://127.0.0.1:{redis_server.port}/2"
-    env = {"POLARIS_REDIS_URL": redis_server.url, "POLARIS_BROKER_URL": broker}
-    producer = probe_app.build(redis_server.url, broker)
+    store_url = redis_server.url if store == "one node" else \
+        request.getfixturevalue("redis_cluster_url")
+    env = {"POLARIS_REDIS_URL": store_url, "POLARIS_BROKER_URL": broker}
+    producer = probe_app.build(store_url, broker)
     with worker_process("tests.apps.probe_app", env, name="p1", concurrency=2), \
             worker_process("tests.apps.probe_app", env, name="p2", concurrency=2):
         h = producer.submit_delta("fan-out", f"f-{uuid.uuid4().hex[:8]}", probe_app.Go(sleep=0.6))
