@@ -14,6 +14,16 @@ eligible but has an eligible or active builder upstream of it waits in `waiting`
 once, on fresh inputs. `pending` (active plus waiting) is kept as a bitmask so the upstream test
 is one AND per candidate; only the consumers of what just changed and the waiting builders are
 ever examined, so the cost of a step follows the builders touched, not the graph's size.
+
+Two rules make every executor run the same builders whatever the declaration order:
+- A builder returned as ready is dispatched at once by every executor (the sequential one runs
+  them one by one, in rank order). Stopping a run (target produced, a failure) only keeps new
+  builders from becoming ready; it never drops one already returned.
+- Passes, as DBF's level-by-level executor runs them: a datum a builder produces triggers only
+  the consumers ranked after that builder (`Graph.what_follows`); one fed back around a cycle
+  waits for the pass to end. When nothing is ready, waiting or active and the run has not
+  stopped, the data produced in that pass (transients aside) trigger the next pass, in which
+  builders that have not run yet may run. `passed` is where in `produced` the pass began.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ class RunState:
     # process (spend max_lost). Attempt tokens count both, so every attempt has its own token.
     fails: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
+    passed: int = 0  # produced[passed:] were made in the current pass (DBF's level pass)
     # Bitmasks of active | waiting builders per graph component; derived, never serialized.
     _pending: dict[int, int] = field(default_factory=dict)
 
@@ -94,7 +105,7 @@ class RunState:
         self.produced.append(produced)
         if produced == graph.target:
             self.target_hit = True
-        return self._advance(graph, (produced,), present)
+        return self._advance(graph, (produced,), present, fed=True)
 
     def failed_for_good(self, graph: Graph, builder: str, error: BuilderError) -> None:
         self._retire(graph, builder)
@@ -152,7 +163,9 @@ class RunState:
         for b in (*self.active, *self.waiting):
             self._mark(graph, b)
 
-    def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str]) -> list[str]:
+    def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str],
+                 fed: bool = False) -> list[str]:
+        consumers = graph.what_follows if fed else graph.what_consumes  # fed: made by a builder
         if self.stopped:
             self.waiting.clear()
             self._recompute_pending(graph)
@@ -161,11 +174,11 @@ class RunState:
         if not previously_waiting and len(changed) == 1:
             # The common step (one datum produced, nothing waiting): its consumers are already
             # in rank order.
-            ordered: Iterable[str] = graph.what_consumes(changed[0])
+            ordered: Iterable[str] = consumers(changed[0])
         else:
             candidates = set(previously_waiting)
             for d in changed:
-                candidates.update(graph.what_consumes(d))
+                candidates.update(consumers(d))
             ordered = sorted(candidates, key=graph.rank.__getitem__)
         self.waiting = set()
         ready: list[str] = []
@@ -184,7 +197,16 @@ class RunState:
                 self._mark(graph, b)
             elif b in previously_waiting:
                 self._unmark(graph, b)
+        if not ready and not self.waiting and not self.active:  # the pass is over
+            return self._next_pass(graph, present)
         return ready
+
+    def _next_pass(self, graph: Graph, present: Set[str]) -> list[str]:
+        """DBF's next level pass: what the pass that just ended produced (transients aside)
+        triggers every consumer that has not run in this run, fed back or not."""
+        made = [d for d in self.produced[self.passed:] if d not in graph.transients]
+        self.passed = len(self.produced)
+        return self._advance(graph, made, present) if made else []
 
     # -- serialization (the distributed executor stores runs in Redis) --------------------------
 
@@ -210,6 +232,8 @@ class RunState:
             d["fails"] = self.fails
         if self.lost:
             d["lost"] = self.lost
+        if self.passed:
+            d["passed"] = self.passed
         return d
 
     @classmethod
@@ -228,6 +252,7 @@ class RunState:
             closed=d.get("closed"),
             fails={k: int(v) for k, v in d.get("fails", {}).items()},
             lost={k: int(v) for k, v in d.get("lost", {}).items()},
+            passed=int(d.get("passed", 0)),
         )
         run._recompute_pending(graph)
         return run

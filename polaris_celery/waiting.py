@@ -56,6 +56,19 @@ async def result_async(store: RedisStore, graph_of: GraphOf, workflow: str, inst
                                   f"within {timeout}s")
 
 
+def settled_result(store: RedisStore, graph_of: GraphOf, workflow: str, instance_id: str,
+                   ref: RunRef) -> RunResult | None:
+    """The result of a run known to have settled (for after_run hooks), failed or not; None if
+    its outcome is gone (expired)."""
+    outcome, raw = store.run_outcome(store.keys(workflow, instance_id), ref.incarnation, ref.run)
+    if outcome is None:
+        return None
+    try:
+        return to_result(graph_of, workflow, instance_id, json.loads(outcome), raw)
+    except BuilderFailed as failed:
+        return failed.result
+
+
 def to_result(graph_of: GraphOf, workflow: str, instance_id: str, outcome: dict[str, Any],
               raw: dict[str, bytes]) -> RunResult:
     """The RunResult of a settled run; raises BuilderFailed (carrying it) for a failed one."""

@@ -226,3 +226,19 @@ def test_builders_in_a_run_are_dbf_specs():
     g = pc.compile_workflow("dbf", DBF)
     assert g.spec("BA") is BA.spec and g.spec("BB") is BB.spec and g.spec("BC") is BC.spec
     assert E.__name__ in g.types
+
+
+def test_dbf_cycle_closes_where_dbf_closes_it_whatever_the_declaration_order():
+    """Searching back from the target (DBF's ExecutionGraphGenerator), OMSP's edges back to
+    OCRDB and PODB close the checkout cycle; OMSP made by OMSPD triggers only PSDB and PPDB in
+    the same pass. The order of the workflow's builders list changes none of it."""
+    from ..scenarios_dbf import WORKFLOWS
+
+    for key in ("dbf-flow", "dbf-flow-reversed", "dbf-loop", "dbf-loop-reversed"):
+        g = pc.compile_workflow(key, WORKFLOWS[key])
+        assert g.builder_names == ["OOB", "OCRDB", "PODB", "ILDB", "IPDB", "DPDB", "OMSPD",
+                                   "PSDB", "PPDB", "OCDB"], key
+        assert g.what_consumes("OMSP") == ("OCRDB", "PODB", "PSDB", "PPDB")
+        assert g.what_follows("OMSP") == ("PSDB", "PPDB")
+        assert g.what_follows("CAID") == ("OOB", "PODB")  # an input triggers all its consumers
+        assert not g.is_upstream("OMSPD", "OCRDB") and g.is_upstream("OCRDB", "OMSPD")
