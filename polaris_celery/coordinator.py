@@ -348,20 +348,7 @@ class Coordinator:
                 self.send(step.sends)
 
     def _settled(self, k: Keys, inc: str, step: Step) -> None:
-        """after_run for each run this applied step settled, in the process that settled it.
-        Never raises, even for strict hooks: the run has settled, and this process must still
-        send what the step decided."""
-        if "after_run" not in self.hooks:
-            return
-        for run in step.settled:
-            info = HookInfo(k.workflow, k.instance_id, run)
-            try:
-                got = waiting.settled_result(self.store, self._graph, k.workflow, k.instance_id,
-                                             RunRef(run, inc))
-                if got is not None:
-                    self.hooks.call("after_run", got, info=info)
-            except Exception:
-                log.exception("polaris: the after_run hook of %s run %s raised", k.member, run)
+        waiting.after_runs(self.store, self._graph, self.hooks, k, inc, step.settled)
 
     def lose(self, workflow: str, instance_id: str, run: int, builder: str, token: int,
              incarnation: str, why: str) -> bool:
