@@ -8,8 +8,8 @@ compiler precomputes:
 - `rank`: a topological index over the graph with cycle-closing edges removed. Which edge of a
   cycle closes it is DBF's choice, made without regard to the order of the workflow's
   `builders` list: search back from the target's producer through each builder's triggers
-  (consumes, then optionals, as the builder declares them); an edge back to a builder already on
-  the search path closes a cycle. Builders off every path to the target are searched from next,
+  (optionals, then consumes, each in declared order); an edge back to a builder already on the
+  search path closes a cycle. Builders off every path to the target are searched from next,
   sinks first, by name.
 - `follows`: datum name -> the consumers ranked after its producer (all consumers for an input).
   A datum fed back around a cycle triggers the others only in the run's next pass (DBF's
@@ -227,8 +227,9 @@ def _rank(
     """Builders in a topological order of the graph minus its cycle-closing edges.
 
     A depth-first search backwards, from the target's producer (`goal`) through each builder's
-    triggers in the order it declares them, as DBF's ExecutionGraphGenerator does; an edge to a
-    builder already on the search path closes a cycle and is ignored. Producers finish before
+    optionals then consumes, in the order it declares them, as DBF's ExecutionGraphGenerator
+    does (it walks `Sets.union(optionals, consumes)`); an edge to a builder already on the
+    search path closes a cycle and is ignored. Producers finish before
     their consumers, so the post-order is the topological order. Builders the target does not
     depend on are searched from afterwards, sinks first, each group by name, so nothing here
     depends on the order of the workflow's `builders` list.
@@ -237,7 +238,8 @@ def _rank(
     has_child: set[str] = set()
     for name, s in specs.items():
         ps: list[str] = []
-        for d in s.trigger_names:
+        # DBF walks Sets.union(optionals, consumes): a builder's optionals first, then consumes.
+        for d in (*s.trigger_names[len(s.consumes):], *s.consume_names):
             p = producer.get(d)
             if p is not None and p != name and p in specs and p not in ps:
                 ps.append(p)
