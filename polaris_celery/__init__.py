@@ -29,7 +29,9 @@ from .errors import (
     WaitTimeout,
 )
 from .executors.local import Executor
+from .frontier import BuilderError
 from .graph import Graph, compile_workflow
+from .hooks import HookInfo
 from .registry import Registry
 from .result import RunResult
 from .stores.memory import MemoryStore
@@ -52,6 +54,7 @@ __all__ = [
     "CeleryExecutor",
     "Executor",
     "Graph",
+    "HookInfo",
     "Registry",
     "RunHandle",
     "RunResult",
@@ -60,6 +63,7 @@ __all__ = [
     "MemoryStore",
     "RedisStore",
     # errors
+    "BuilderError",
     "BuilderFailed",
     "ConfigurationError",
     "DeclarationError",

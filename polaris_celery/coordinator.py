@@ -39,8 +39,9 @@ from .errors import (
 )
 from .frontier import BuilderError, NeedMore, field_name
 from .graph import Graph
+from .hooks import NO_HOOKS, HookInfo, Hooks
 from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion, lease_field, running_lease
-from .invoke import AfterHook, BeforeHook, Outcome, attempt
+from .invoke import Outcome, attempt, failed
 from .layout import Keys, Snapshot, Want
 from .machine import Machine, Step, input_names
 from .registry import Registry, check_instance_id
@@ -99,8 +100,7 @@ class Coordinator:
         send: Callable[[Sequence[Dispatch]], None],
         settings: Settings | None = None,
         *,
-        before: BeforeHook | None = None,
-        after: AfterHook | None = None,
+        hooks: Hooks = NO_HOOKS,
         worker_name: str | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -114,8 +114,7 @@ class Coordinator:
         self.registry = registry
         self.store: RedisStore = registry.store
         self.send = send
-        self.before = before
-        self.after = after
+        self.hooks = hooks
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.clock = clock
         self.sleep = sleep
@@ -187,8 +186,7 @@ class Coordinator:
                 newest_delta = codec.encode_delta(newest, data, self.settings.max_datum_bytes)
                 continue
             if status == "applied":
-                if step.sends:
-                    self.send(step.sends)
+                self._started(k, RunRef(run, inc), data, step)  # hooks, then send
                 return RunRef(run, inc)
 
     @staticmethod
@@ -260,11 +258,13 @@ class Coordinator:
         try:
             inputs = codec.decode_many(graph, c.raw)
         except Exception as exc:
-            out = Outcome(None, BuilderError(c.builder, type(exc).__name__, str(exc)), 0.0)
+            out = failed(spec, Outcome(None, BuilderError(c.builder, type(exc).__name__, str(exc)),
+                                       0.0), self.hooks,
+                         HookInfo(graph.key, c.keys.instance_id, c.run, c.token))
         else:
             out = attempt(
                 spec, inputs, new, workflow=graph.key, instance_id=c.keys.instance_id,
-                run=c.run, attempt_no=c.token, before=self.before, after=self.after,
+                run=c.run, attempt_no=c.token, hooks=self.hooks,
                 max_bytes=self.settings.max_datum_bytes,
             )
         faults.point("before_commit")
@@ -311,6 +311,7 @@ class Coordinator:
                 continue
             faults.point("after_commit")
             self._log_failures(k, step)
+            self._settled(k, snap.inc, step)
             if step.sends:
                 self.send(step.sends)
             if step.inline is None:
@@ -344,6 +345,19 @@ class Coordinator:
             else:
                 log.error("polaris: %s in %s run %s failed for good after %s attempt(s): %s: "
                           "%s", builder, k.member, run.id, token, error.type, error.message)
+
+    def _started(self, k: Keys, ref: RunRef, data: list[object], step: Step) -> None:
+        """A submitted run was stored: its before_run hook (and after_run if it settled at once),
+        then its messages, sent even if a strict hook raised (the run exists either way)."""
+        try:
+            self.hooks.call("before_run", data, info=HookInfo(k.workflow, k.instance_id, ref.run))
+        finally:
+            self._settled(k, ref.incarnation, step)
+            if step.sends:
+                self.send(step.sends)
+
+    def _settled(self, k: Keys, inc: str, step: Step) -> None:
+        waiting.after_runs(self.store, self._graph, self.hooks, k, inc, step.settled)
 
     def lose(self, workflow: str, instance_id: str, run: int, builder: str, token: int,
              incarnation: str, why: str) -> bool:
@@ -408,6 +422,7 @@ class Coordinator:
             status, _ = self.store.cas(step.ops, snap, k, step.fx, seen, self.sleep)
             if status == "applied":
                 self._log_failures(k, step)
+                self._settled(k, snap.inc, step)
                 if step.sends:
                     self.send(step.sends)
                 return step

@@ -22,6 +22,17 @@ a step needs: `Fields` answers from what was read and raises `NeedMore` for anyt
 the caller reads that too and decides again. Each waiting builder keeps the count of its active
 ancestors, updated as builders start and finish, so a join behind a fan-out of W builders is
 re-examined in O(1) per branch, not by looking at the W branches each time.
+
+Two rules make every executor run the same builders whatever the declaration order:
+- A builder returned as ready is dispatched at once by every executor (the sequential one runs
+  them one by one, in rank order). Stopping a run (target produced, a failure) only keeps new
+  builders from becoming ready; it never drops one already returned.
+- Passes, as DBF's level-by-level executor runs them: a datum a builder produces triggers only
+  the consumers ranked after that builder (`Graph.what_follows`); one fed back around a cycle
+  waits for the pass to end. When nothing is ready, waiting or active and the run has not
+  stopped, the data produced in that pass (transients aside) trigger the next pass, in which
+  builders that have not run yet may run. `passed` counts the data produced before the
+  current pass began (their `p:D` order is at most `passed`).
 """
 
 from __future__ import annotations
@@ -175,6 +186,7 @@ class RunState:
     waiting: dict[str, int] = field(default_factory=dict)
     n_active: int = 0
     n_produced: int = 0
+    passed: int = 0  # data produced before the current pass (DBF's level pass) began
     fields: Fields = field(default_factory=lambda: Fields(0))
 
     def __post_init__(self) -> None:
@@ -220,7 +232,7 @@ class RunState:
             self.fields.put(f"p:{produced}", str(self.n_produced))
         if produced == graph.target:
             self.target_hit = True
-        return self._advance(graph, (produced,), present)
+        return self._advance(graph, (produced,), present, fed=True)
 
     def failed_for_good(self, graph: Graph, builder: str, error: BuilderError) -> None:
         self._retire(graph, builder)
@@ -314,7 +326,9 @@ class RunState:
         self.fields.need(f"a:{b}" for b in names)
         return sum(1 for b in names if self.token(b) is not None)
 
-    def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str]) -> list[str]:
+    def _advance(self, graph: Graph, changed: Sequence[str], present: Set[str],
+                 fed: bool = False) -> list[str]:
+        consumers = graph.what_follows if fed else graph.what_consumes  # fed: made by a builder
         if self.stopped:
             self.waiting.clear()
             return []
@@ -322,11 +336,11 @@ class RunState:
         if not before and len(changed) == 1:
             # The common step (one datum produced, nothing waiting): its consumers are already
             # in rank order.
-            ordered: Sequence[str] = graph.what_consumes(changed[0])
+            ordered: Sequence[str] = consumers(changed[0])
         else:
             candidates = set(before)
             for d in changed:
-                candidates.update(graph.what_consumes(d))
+                candidates.update(consumers(d))
             ordered = sorted(candidates, key=graph.rank.__getitem__)
         # Ask for everything this pass may read at once, so a partial view costs one more read
         # at most per kind, not one per candidate.
@@ -356,7 +370,19 @@ class RunState:
             elif all(self._present(graph, present, n) for n in graph.specs[b].consume_names):
                 ready.append(b)  # pending until dispatched() makes it active
                 pending[c] |= graph.bits[b]
+        if not ready and not self.waiting and not self.n_active:  # the pass is over
+            return self._next_pass(graph, present)
         return ready
+
+    def _next_pass(self, graph: Graph, present: Set[str]) -> list[str]:
+        """DBF's next level pass: what the pass that just ended produced (transients aside)
+        triggers every consumer that has not run in this run, fed back or not. Needs the run's
+        produced data (a whole read in the distributed executor, once per pass)."""
+        if self.n_produced == self.passed:
+            return []
+        made = [d for d in self.produced[self.passed:] if d not in graph.transients]
+        self.passed = self.n_produced
+        return self._advance(graph, made, present) if made else []
 
     def _need_inputs(self, graph: Graph, present: Set[str], builders: Iterable[str]) -> None:
         """Ask at once for what deciding whether `builders` have their consumes needs: the
@@ -391,6 +417,8 @@ class RunState:
             d["delta_id"] = self.delta_id
         if self.closed is not None:
             d["closed"] = self.closed
+        if self.passed:
+            d["passed"] = self.passed
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod
@@ -407,6 +435,7 @@ class RunState:
             n_active=int(d.get("active", 0)),
             n_produced=int(d.get("produced", 0)),
             fields=fields,
+            passed=int(d.get("passed", 0)),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -5,7 +5,15 @@ cost in proportion to the builders a delta touches, never to the size of the gra
 compiler precomputes:
 
 - `consumers`: datum name -> builders it can trigger (consumes and optionals).
-- `rank`: a topological index over the graph with cycle-closing edges removed.
+- `rank`: a topological index over the graph with cycle-closing edges removed. Which edge of a
+  cycle closes it is DBF's choice, made without regard to the order of the workflow's
+  `builders` list: search back from the target's producer through each builder's triggers
+  (optionals, then consumes, each in declared order); an edge back to a builder already on the
+  search path closes a cycle. Builders off every path to the target are searched from next,
+  sinks first, by name.
+- `follows`: datum name -> the consumers ranked after its producer (all consumers for an input).
+  A datum fed back around a cycle triggers the others only in the run's next pass (DBF's
+  level pass; see frontier.py).
 - `ancestors`: per builder, a bitmask of the builders upstream of it through consumes and
   optionals; testing "is any pending builder upstream of me?" is one AND of two ints. Bits are
   numbered within each weakly connected component (`component`), in rank order, so the ints
@@ -42,12 +50,18 @@ class Graph:
     transients: frozenset[str]
     bits: Mapping[str, int] = field(repr=False, default_factory=dict)
     component: Mapping[str, int] = field(repr=False, default_factory=dict)
+    follows: Mapping[str, tuple[str, ...]] = field(repr=False, default_factory=dict)
 
     def spec(self, builder: str) -> BuilderSpec:
         return self.specs[builder]
 
     def what_consumes(self, datum: str) -> tuple[str, ...]:
         return self.consumers.get(datum, ())
+
+    def what_follows(self, datum: str) -> tuple[str, ...]:
+        """The consumers that `datum`, when its producer made it, triggers in the same pass:
+        those ranked after the producer (a cycle's closing edge is left for the next pass)."""
+        return self.follows.get(datum, ())
 
     def is_upstream(self, maybe_ancestor: str, of: str) -> bool:
         if self.component[maybe_ancestor] != self.component[of]:
@@ -148,7 +162,7 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
         for d in s.trigger_names:
             consumers.setdefault(d, []).append(s.name)
 
-    order = _rank(active, producer, builders)
+    order = _rank(active, producer, producer.get(datum_name(target_t)) if target_t else None)
     rank = {b: i for i, b in enumerate(order)}
     component = _components(active, producer)
     next_bit: dict[int, int] = {}
@@ -166,6 +180,9 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
                 mask |= ancestors[p] | bits[p]
         ancestors[name] = mask
     inputs = frozenset(d for d in types if d not in producer)
+    ordered = {d: tuple(sorted(v, key=rank.__getitem__)) for d, v in consumers.items()}
+    follows = {d: tuple(b for b in v if d not in producer or rank[b] > rank[producer[d]])
+               for d, v in ordered.items()}
     assert target_t is not None
     return Graph(
         key=key,
@@ -174,7 +191,7 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
         target=datum_name(target_t),
         specs=active,
         types=types,
-        consumers={d: tuple(sorted(v, key=rank.__getitem__)) for d, v in consumers.items()},
+        consumers=ordered,
         producer=producer,
         rank=rank,
         ancestors=ancestors,
@@ -182,6 +199,7 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
         transients=transients,
         bits=bits,
         component=component,
+        follows=follows,
     )
 
 
@@ -207,42 +225,49 @@ def _components(specs: Mapping[str, BuilderSpec], producer: Mapping[str, str]) -
 
 
 def _rank(
-    specs: Mapping[str, BuilderSpec], producer: Mapping[str, str], declared: list[type[Builder]]
+    specs: Mapping[str, BuilderSpec], producer: Mapping[str, str], goal: str | None
 ) -> list[str]:
-    """Topological order of builders; an edge into a builder already on the DFS path closes a
-    cycle and is ignored. DFS starts from builders fed only by inputs, in declaration order, so
-    the edge chosen to break a cycle is the one that points back towards where data enters."""
-    position = {name: i for i, name in enumerate(specs)}
+    """Builders in a topological order of the graph minus its cycle-closing edges.
+
+    A depth-first search backwards, from the target's producer (`goal`) through each builder's
+    optionals then consumes, in the order it declares them, as DBF's ExecutionGraphGenerator
+    does (it walks `Sets.union(optionals, consumes)`); an edge to a builder already on the
+    search path closes a cycle and is ignored. Producers finish before
+    their consumers, so the post-order is the topological order. Builders the target does not
+    depend on are searched from afterwards, sinks first, each group by name, so nothing here
+    depends on the order of the workflow's `builders` list.
+    """
     parents: dict[str, list[str]] = {}
+    has_child: set[str] = set()
     for name, s in specs.items():
-        ps = [producer[d] for d in s.trigger_names if d in producer and producer[d] != name]
-        parents[name] = sorted(set(ps), key=position.__getitem__)
-    children: dict[str, list[str]] = {n: [] for n in specs}
-    for n, ps in parents.items():
-        for p in ps:
-            children[p].append(n)
-    names_in_order = [b.spec.name for b in declared if b.spec.name in specs]
-    roots = [n for n in names_in_order if not parents[n]]
-    state: dict[str, int] = {}  # 1 = on stack, 2 = finished
+        ps: list[str] = []
+        # DBF walks Sets.union(optionals, consumes): a builder's optionals first, then consumes.
+        for d in (*s.trigger_names[len(s.consumes):], *s.consume_names):
+            p = producer.get(d)
+            if p is not None and p != name and p in specs and p not in ps:
+                ps.append(p)
+        parents[name] = ps
+        has_child.update(ps)
+    rest = sorted(specs, key=lambda n: (n in has_child, n))
+    starts = [goal, *rest] if goal is not None and goal in specs else rest
+    state: dict[str, int] = {}  # 1 = on the search path, 2 = finished
     post: list[str] = []
-    for start in [*roots, *names_in_order]:
+    for start in starts:
         if start in state:
             continue
         stack: list[tuple[str, int]] = [(start, 0)]
         state[start] = 1
         while stack:
             node, i = stack[-1]
-            kids = children[node]
-            if i < len(kids):
+            ps = parents[node]
+            if i < len(ps):
                 stack[-1] = (node, i + 1)
-                k = kids[i]
-                if k not in state:
-                    state[k] = 1
-                    stack.append((k, 0))
+                p = ps[i]
+                if p not in state:
+                    state[p] = 1
+                    stack.append((p, 0))
             else:
                 state[node] = 2
                 post.append(node)
                 stack.pop()
-    # Reverse post-order of a DFS is a topological order of the graph minus its back edges.
-    post.reverse()
     return post

@@ -35,6 +35,7 @@ class Step:
     inline: str | None = None  # a successor claimed by this step, to run in the same process
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
+    settled: list[int] = field(default_factory=list)  # runs this step settled (after_run hooks)
 
 
 def new_step(k: Keys) -> Step:
@@ -160,6 +161,7 @@ class Machine:
         doc.runs.pop(run.id, None)
         if gone:
             step.ops.add("HDEL", k.state, *gone)
+        step.settled.append(run.id)
         if run.target_hit:
             doc.completed = True
         outcome: dict[str, Any] = {

@@ -9,6 +9,7 @@ instance can never be answered by another's run of the same number.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +17,12 @@ from typing import Any
 from . import codec
 from .errors import BuilderFailed, WaitTimeout
 from .graph import Graph
+from .hooks import HookInfo, Hooks
+from .layout import Keys
 from .result import RunRef, RunResult
 from .stores.redis import RedisStore
+
+log = logging.getLogger("polaris_celery")
 
 #: The graph of a workflow version (0: the newest), raising UnknownWorkflow if it is not here.
 GraphOf = Callable[[str, int], Graph]
@@ -54,6 +59,35 @@ async def result_async(store: RedisStore, graph_of: GraphOf, workflow: str, inst
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"run {ref.run} of {workflow}/{instance_id} did not settle "
                                   f"within {timeout}s")
+
+
+def after_runs(store: RedisStore, graph_of: GraphOf, hooks: Hooks, k: Keys, inc: str,
+               runs: list[int]) -> None:
+    """The after_run hook for each run that a step applied by this process settled. Never
+    raises, even for strict hooks: the run has settled, and the caller must still send what the
+    step decided."""
+    if "after_run" not in hooks:
+        return
+    for run in runs:
+        try:
+            got = settled_result(store, graph_of, k.workflow, k.instance_id, RunRef(run, inc))
+            if got is not None:
+                hooks.call("after_run", got, info=HookInfo(k.workflow, k.instance_id, run))
+        except Exception:
+            log.exception("polaris: the after_run hook of %s run %s raised", k.member, run)
+
+
+def settled_result(store: RedisStore, graph_of: GraphOf, workflow: str, instance_id: str,
+                   ref: RunRef) -> RunResult | None:
+    """The result of a run known to have settled (for after_run hooks), failed or not; None if
+    its outcome is gone (expired)."""
+    outcome, raw = store.run_outcome(store.keys(workflow, instance_id), ref.incarnation, ref.run)
+    if outcome is None:
+        return None
+    try:
+        return to_result(graph_of, workflow, instance_id, json.loads(outcome), raw)
+    except BuilderFailed as failed:
+        return failed.result
 
 
 def to_result(graph_of: GraphOf, workflow: str, instance_id: str, outcome: dict[str, Any],

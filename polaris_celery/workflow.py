@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
-from .builder import Builder, DataType
+from .builder import Builder, DataType, datum_name
 
 #: The values `Workflow.on_complete` takes.
 ON_COMPLETE = ("reopen", "close", "late")
@@ -35,3 +35,38 @@ class Workflow:
     transients: ClassVar[Sequence[DataType]] = ()
     deadline: ClassVar[float | None] = None
     on_complete: ClassVar[str] = "reopen"
+
+    @classmethod
+    def from_catalog(
+        cls,
+        catalog: Iterable[type[Builder]],
+        target: DataType,
+        *,
+        resolution: Mapping[DataType, type[Builder]] | None = None,
+        transients: Sequence[DataType] = (),
+        name: str | None = None,
+        **options: Any,
+    ) -> type[Workflow]:
+        """A dynamic flow (DBF's headline feature, opt-in): a Workflow subclass holding only the
+        catalog's builders that `target` depends on, through consumes and optionals.
+
+        `resolution` picks a datum's producer where the catalog has several; a conflict off the
+        path to the target does not matter. Transients not used on the path are dropped; other
+        keyword options (`deadline`) become class attributes. Raises GraphError listing every
+        problem (a conflict on the path, a resolution naming a builder the catalog lacks).
+        """
+        from .catalog import on_path  # catalog builds on Builder only; imported when used
+
+        builders, used = on_path(catalog, target, resolution)
+        known = {t for b in builders for t in (*b.spec.consumes, *b.spec.optionals,
+                                                 *b.spec.accesses, b.spec.produces)}
+        attrs: dict[str, Any] = {
+            "builders": builders,
+            "target": target,
+            "resolution": used,
+            "transients": [t for t in transients if t in known],
+            "__module__": cls.__module__,
+            "__doc__": f"The builders of a catalog that {datum_name(target)} depends on.",
+            **options,
+        }
+        return type(name or f"{datum_name(target)}Flow", (cls,), attrs)

@@ -8,7 +8,7 @@
 - `cluster_env`: the distributed coordinator with its store on that Redis Cluster.
 - `run`: one callable, parametrized over the sequential, parallel and Celery executors and the
   coordinator on the cluster, so every
-  semantic test runs on all three.
+  semantic test runs on all three. Every one of them carries `scenarios.RECORDING_HOOKS`.
 Tests never flush: each uses instance ids of its own (`iid`).
 """
 
@@ -88,7 +88,7 @@ def celery_env(redis_server: RedisServer) -> Iterator[CeleryEnv]:
     store = pc.RedisStore(store_url)
     registry = scenarios.register_all(pc.Registry(store))
     executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=5,
-                                 lease_grace=2)
+                                 lease_grace=2, **scenarios.RECORDING_HOOKS)
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
                       shutdown_timeout=10):
         yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
@@ -122,7 +122,10 @@ def cluster_env(redis_cluster: RedisCluster) -> Iterator[ClusterEnv]:
 
     store = pc.RedisStore(redis_cluster.url)
     sent: list[Any] = []
-    coordinator = Coordinator(scenarios.register_all(pc.Registry(store)), sent.extend)
+    from polaris_celery.hooks import Hooks
+
+    coordinator = Coordinator(scenarios.register_all(pc.Registry(store)), sent.extend,
+                              hooks=Hooks(**scenarios.RECORDING_HOOKS))
     yield ClusterEnv(coordinator, store, sent)
     store.close()
 
@@ -153,7 +156,7 @@ def run(executor_kind: str, request: pytest.FixtureRequest) -> Runner:
 
         return go
     registry: pc.Registry = request.getfixturevalue("memory_registry")
-    ex = pc.Executor(registry)
+    ex = pc.Executor(registry, **scenarios.RECORDING_HOOKS)
     return getattr(ex, executor_kind)  # type: ignore[no-any-return]
 
 

@@ -549,6 +549,54 @@ WORKFLOWS: dict[str, type[pc.Workflow]] = {
 
 
 def register_all(registry: pc.Registry) -> pc.Registry:
-    for key, wf in WORKFLOWS.items():
+    from . import scenarios_dbf  # it builds on this module's data and record()
+
+    for key, wf in {**WORKFLOWS, **scenarios_dbf.WORKFLOWS}.items():
         registry.register(key, wf)
     return registry
+
+
+# -- hooks every test executor carries (tests/test_hooks.py) ----------------------------------
+
+HOOK_EVENTS: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+BOOM = "hookboom-"  # instances whose id starts so have every hook raise (after recording)
+
+
+def _recorder(kind: str) -> Any:
+    def hook(subject: Any, detail: Any, info: pc.HookInfo) -> None:
+        assert isinstance(info, pc.HookInfo)
+        if kind in ("before_run", "after_run"):
+            event: tuple[Any, ...] = (kind, info.run, getattr(subject, "status", None))
+        elif kind == "on_error":
+            event = (kind, subject.__name__, info.attempt, detail.type)
+        else:
+            event = (kind, subject.__name__, info.attempt)
+        with _lock:
+            HOOK_EVENTS[info.instance_id].append(event)
+        if info.instance_id.startswith(BOOM):
+            raise RuntimeError(f"{kind} hook boom")
+
+    return hook
+
+
+def _run_recorder(kind: str) -> Any:
+    inner = _recorder(kind)
+
+    def hook(subject: Any, info: pc.HookInfo) -> None:
+        inner(subject, None, info)
+
+    return hook
+
+
+RECORDING_HOOKS: dict[str, Any] = {
+    "before": _recorder("before"),
+    "after": _recorder("after"),
+    "on_error": _recorder("on_error"),
+    "before_run": _run_recorder("before_run"),
+    "after_run": _run_recorder("after_run"),
+}
+
+
+def hook_events(instance_id: str) -> list[tuple[Any, ...]]:
+    with _lock:
+        return list(HOOK_EVENTS[instance_id])

@@ -17,6 +17,7 @@ import polaris_celery as pc
 from polaris_celery import faults
 from polaris_celery.coordinator import Coordinator, RunRef
 from polaris_celery.errors import StoreUnavailable
+from polaris_celery.hooks import Hooks
 from polaris_celery.instance import Dispatch, Settings
 
 from . import scenarios
@@ -247,7 +248,8 @@ def test_10_delete_settles_runs_in_flight(rig, iid):
 def test_11_late_data_expires_with_its_instance(rig, iid):
     t = rig(retention=50)
     t.c.submit("sleep", iid, [G(v=0)])
-    t.c.before = lambda cls, data: t.c.cancel("sleep", iid)  # cancelled while it runs
+    # cancelled while it runs
+    t.c.hooks = Hooks(before=lambda cls, data: t.c.cancel("sleep", iid))
     t.drain()
     k = t.store.keys("sleep", iid)
     assert t.r.hexists(k.late, "B")

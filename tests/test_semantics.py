@@ -6,6 +6,7 @@ import pytest
 
 import polaris_celery as pc
 
+from . import scenarios_dbf as dbf
 from .scenarios import (
     FAIL_TIMES,
     FAN_PARTS,
@@ -218,3 +219,49 @@ def test_completed_flag_follows_target(run, iid):
 def test_e_and_f_values_flow_through(run, iid):
     r = run("dbf", iid, A(v=2), B(v=2), D(v=1))
     assert r.get(E) == E(v=41) and r.get(F) == F(v=42)
+
+
+# -- declaration order and DBF's cycles (issue 11, items 1 and 2) -------------------------------
+
+@pytest.mark.parametrize("key", ["together", "together-reversed"])
+def test_builders_ready_with_the_targets_producer_run_whatever_the_order(run, iid, key):
+    """Both become ready on A; the target stops new dispatches, not those already made."""
+    r = run(key, iid, A())
+    assert r.completed and r.get(B) == B(v=1) and r.get(C) == C(v=1)
+    assert sorted(calls(iid)) == ["Beside", "MakeTargetToo"]
+
+
+@pytest.mark.parametrize("key", ["dbf-flow", "dbf-flow-reversed"])
+def test_dbf_flow_test_counts(run, iid, key):
+    """DBF's FlowTest.testRunMultiStep: 3, 2 and 5 data. OMSP, fed back around the cycle by
+    OMSPD, does not re-run OCRDB..IPDB in the run that produces the target."""
+    r1 = run(key, iid, dbf.CAID(), dbf.CR(), dbf.OMSP())
+    assert sorted(r1.data) == ["OCRD", "OO", "POD"]
+    r2 = run(key, iid, dbf.SPD())
+    assert sorted(r2.data) == ["ILD", "IPD"]
+    r3 = run(key, iid, dbf.EPD())
+    assert sorted(r3.data) == ["DPD", "OCD", "OMSP", "PPD", "PSD"] and r3.completed
+    assert calls(iid)[-5:] == ["DPDB", "OMSPD", "PSDB", "PPDB", "OCDB"]
+
+
+@pytest.mark.parametrize("key", ["dbf-flow", "dbf-flow-reversed"])
+def test_dbf_flow_test_single_step(run, iid, key):
+    """FlowTest.testRunSingleStep: everything at once produces all 10."""
+    r = run(key, iid, dbf.CAID(), dbf.CR(), dbf.OMSP(), dbf.SPD(), dbf.EPD())
+    assert len(r.data) == 10 and r.completed
+
+
+@pytest.mark.parametrize("key", ["dbf-loop", "dbf-loop-reversed"])
+def test_dbf_loop_test_counts(run, iid, key):
+    """DBF's LoopTest: SPD, EPD, DPD transient, OCDB "not now" twice: 9, 8, 7 data. In the
+    second run the target is not produced, so OMSP fed back around the cycle starts a second
+    pass, in which OCRDB and PODB (not run yet in that run) run; in the third the target is
+    produced in the first pass and nothing is fed back."""
+    r1 = run(key, iid, dbf.CAID(), dbf.CR(), dbf.OMSP(), dbf.SPD(), dbf.EPD())
+    assert len(r1.data) == 9 and not r1.completed and "OCD" not in r1.data
+    r2 = run(key, iid, dbf.SPD(), dbf.EPD())
+    assert sorted(r2.data) == ["DPD", "ILD", "IPD", "OCRD", "OMSP", "POD", "PPD", "PSD"]
+    assert calls(iid)[-2:] == ["OCRDB", "PODB"]  # the second pass
+    r3 = run(key, iid, dbf.SPD(), dbf.EPD())
+    assert sorted(r3.data) == ["DPD", "ILD", "IPD", "OCD", "OMSP", "PPD", "PSD"]
+    assert r3.completed and r3.status == "completed"

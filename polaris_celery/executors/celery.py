@@ -24,6 +24,7 @@ from .. import faults
 from ..builder import BuilderSpec
 from ..coordinator import Coordinator, RunRef, task_budget
 from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
+from ..hooks import Hook, Hooks
 from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
 from ..registry import Registry
@@ -131,6 +132,11 @@ class CeleryExecutor:
 
     Create it where the app is defined, after registering workflows, so producers and workers
     (which import the same module) know the same tasks. Options are `Settings` fields.
+
+    Hooks are the local Executor's: before, after and on_error run in the worker that runs the
+    attempt; before_run in the process that submits the delta (once it is stored, before its
+    builders are sent); after_run in the process whose commit (or reconciler pass, or cancel)
+    settled the run. A raising hook is logged and ignored unless `strict_hooks=True`.
     """
 
     def __init__(
@@ -140,14 +146,19 @@ class CeleryExecutor:
         *,
         before: BeforeHook | None = None,
         after: AfterHook | None = None,
+        on_error: Hook | None = None,
+        before_run: Hook | None = None,
+        after_run: Hook | None = None,
+        strict_hooks: bool = False,
         reconciler: bool = True,
         **settings: Any,
     ) -> None:
         self.app = app
         self.registry = registry
         self.settings = Settings(**settings)
-        self.coordinator = Coordinator(registry, self._send, self.settings,
-                                       before=before, after=after)
+        hooks = Hooks(before=before, after=after, on_error=on_error, before_run=before_run,
+                      after_run=after_run, strict=strict_hooks)
+        self.coordinator = Coordinator(registry, self._send, self.settings, hooks=hooks)
         self._tasks: dict[str, Any] = {}
         self._builders: dict[str, tuple[str, str]] = {}  # task name -> (workflow, builder)
         graphs = registry.graphs()

@@ -19,7 +19,8 @@ from .. import codec
 from ..errors import BuilderFailed, InstanceClosed
 from ..frontier import BuilderError, RunState
 from ..graph import Graph
-from ..invoke import AfterHook, BeforeHook, Outcome, attempt
+from ..hooks import Hook, HookInfo, Hooks
+from ..invoke import AfterHook, BeforeHook, Outcome, attempt, failed
 from ..registry import Registry, check_instance_id
 from ..result import RunResult
 
@@ -27,9 +28,12 @@ from ..result import RunResult
 class Executor:
     """Runs deltas in the calling process against the registry's store.
 
-    before(builder_cls, new_inputs) is called before each attempt with the inputs that are new
-    in the run; after(builder_cls, produced) after a successful one. A raising hook counts as a
-    failure of that attempt.
+    Hooks (see `polaris_celery.hooks`): before(builder_cls, new_inputs) before each attempt,
+    with the inputs new in the run; after(builder_cls, produced) after a successful one;
+    on_error(builder_cls, error) after a failed one; before_run(delta) once the delta is stored
+    and the run numbered; after_run(result) when it has settled. Each may take a `HookInfo`
+    (instance id, run, attempt) as one more argument. A raising hook is logged and ignored
+    unless `strict_hooks=True`.
     """
 
     def __init__(
@@ -38,10 +42,15 @@ class Executor:
         before: BeforeHook | None = None,
         after: AfterHook | None = None,
         max_workers: int | None = None,
+        *,
+        on_error: Hook | None = None,
+        before_run: Hook | None = None,
+        after_run: Hook | None = None,
+        strict_hooks: bool = False,
     ) -> None:
         self.registry = registry
-        self.before = before
-        self.after = after
+        self.hooks = Hooks(before=before, after=after, on_error=on_error, before_run=before_run,
+                           after_run=after_run, strict=strict_hooks)
         self.max_workers = max_workers
 
     # -- public ----------------------------------------------------------------------------
@@ -78,6 +87,7 @@ class Executor:
         if lasting:
             store.write_data(key, instance_id, lasting)  # stored before anything runs
         run_id = store.next_run(key, instance_id)
+        self.hooks.call("before_run", list(data), info=HookInfo(key, instance_id, run_id))
         present = store.data_names(key, instance_id) | set(transient)
         run, ready = RunState.start(graph, run_id, delta, present, started=time.time())
         # Transient values live only in this dict for the duration of the run.
@@ -106,22 +116,25 @@ class Executor:
         def new_inputs(builder: str) -> frozenset[str]:
             # Computed on the driving thread: pool threads never read the mutable run state.
             # Only the before-hook needs it.
-            if self.before is None:
+            if "before" not in self.hooks:
                 return frozenset()
             return frozenset(n for n in graph.specs[builder].readable_names if n in run.new)
 
         if pool is None:
-            # A ready builder is dispatched (active, so it holds back what is downstream of
-            # it) as soon as it is ready, as the other executors do, and runs in rank order.
-            for b in ready:
-                run.dispatched(graph, b, 1)
-            heap = [(graph.rank[b], b) for b in ready]
-            heapq.heapify(heap)
-            while heap and not run.stopped:
-                _, b = heapq.heappop(heap)
-                for nb in commit(b, execute(b, new_inputs(b))):
-                    run.dispatched(graph, nb, 1)
-                    heapq.heappush(heap, (graph.rank[nb], nb))
+            # Every builder the core returns as ready is dispatched at once, as the parallel
+            # and Celery executors do, and then run one by one in rank order, even once the run
+            # has stopped (frontier.py): so all executors run the same builders.
+            heap: list[tuple[int, str, frozenset[str]]] = []
+
+            def queue(builders: list[str]) -> None:
+                for b in builders:
+                    run.dispatched(graph, b, 1)
+                    heapq.heappush(heap, (graph.rank[b], b, new_inputs(b)))
+
+            queue(ready)
+            while heap:
+                _, b, new = heapq.heappop(heap)
+                queue(commit(b, execute(b, new)))
         else:
             futures: dict[Future[Outcome], str] = {}
 
@@ -136,7 +149,7 @@ class Executor:
                 for fut in done:
                     b = futures.pop(fut)
                     submit(commit(b, fut.result()))
-        return self._result(graph, instance_id, run, produced, present, not delta)
+        return self._result(graph, instance_id, run, produced, present, not delta, self.hooks)
 
     def _attempts(
         self,
@@ -157,10 +170,12 @@ class Executor:
             try:
                 inputs = codec.decode_many(graph, raw)
             except Exception as exc:
-                return Outcome(None, BuilderError(builder, type(exc).__name__, str(exc)), 0.0)
+                return failed(spec, Outcome(None, BuilderError(builder, type(exc).__name__,
+                                                               str(exc)), 0.0),
+                              self.hooks, HookInfo(graph.key, instance_id, run_id, n))
             out = attempt(
                 spec, inputs, new, workflow=graph.key, instance_id=instance_id, run=run_id,
-                attempt_no=n, before=self.before, after=self.after,
+                attempt_no=n, hooks=self.hooks,
             )
             if out.error is None or n > spec.max_retries:
                 return out
@@ -175,6 +190,7 @@ class Executor:
         produced: dict[str, BaseModel],
         present: set[str],
         empty_delta: bool,
+        hooks: Hooks,
     ) -> RunResult:
         completed = run.target_hit or (empty_delta and graph.target in present)
         result = RunResult(
@@ -186,6 +202,7 @@ class Executor:
             data=produced,
             error=run.error.to_json() if run.error else None,
         )
+        hooks.call("after_run", result, info=HookInfo(graph.key, instance_id, run.id))
         if run.error is not None:
             raise BuilderFailed(run.error.builder, run.error.type, run.error.message, result)
         return result

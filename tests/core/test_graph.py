@@ -260,3 +260,19 @@ def test_a_partial_view_asks_for_what_it_lacks_and_decides_the_same_with_it():
     else:
         raise AssertionError("never had enough")
     assert got == _stored(run).finished(g, "Left", "B", {"A", "B"}) == ["Waiter"]
+
+
+def test_dbf_cycle_closes_where_dbf_closes_it_whatever_the_declaration_order():
+    """Searching back from the target (DBF's ExecutionGraphGenerator), OMSP's edges back to
+    OCRDB and PODB close the checkout cycle; OMSP made by OMSPD triggers only PSDB and PPDB in
+    the same pass. The order of the workflow's builders list changes none of it."""
+    from ..scenarios_dbf import WORKFLOWS
+
+    for key in ("dbf-flow", "dbf-flow-reversed", "dbf-loop", "dbf-loop-reversed"):
+        g = pc.compile_workflow(key, WORKFLOWS[key])
+        assert g.builder_names == ["OOB", "OCRDB", "PODB", "ILDB", "IPDB", "DPDB", "OMSPD",
+                                   "PSDB", "PPDB", "OCDB"], key
+        assert g.what_consumes("OMSP") == ("OCRDB", "PODB", "PSDB", "PPDB")
+        assert g.what_follows("OMSP") == ("PSDB", "PPDB")
+        assert g.what_follows("CAID") == ("OOB", "PODB")  # an input triggers all its consumers
+        assert not g.is_upstream("OMSPD", "OCRDB") and g.is_upstream("OCRDB", "OMSPD")
