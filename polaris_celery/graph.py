@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .builder import Builder, BuilderSpec, DataType, datum_name
+from .builder import Builder, BuilderSpec, DataType, datum_name, is_abstract
 from .errors import GraphError
-from .workflow import Workflow
+from .workflow import Workflow, builder_defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,15 +64,20 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
     problems: list[str] = []
     builders: list[type[Builder]] = list(getattr(workflow, "builders", ()) or ())
     specs: dict[str, BuilderSpec] = {}
+    defaults = builder_defaults(workflow, problems)
     for b in builders:
         spec = getattr(b, "spec", None)
+        if isinstance(b, type) and issubclass(b, Builder) and is_abstract(b):
+            problems.append(f"{b.__qualname__} is an abstract builder (a base for shared "
+                            "options): list its concrete subclasses instead")
+            continue
         if not isinstance(b, type) or not issubclass(b, Builder) or spec is None:
             problems.append(f"{b!r} is not a Builder subclass")
             continue
         if spec.name in specs:
             problems.append(f"two builders are named {spec.name!r}")
             continue
-        specs[spec.name] = spec
+        specs[spec.name] = spec.with_defaults(defaults)
     if not specs and not problems:
         problems.append("declares no builders")
 
