@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parent.parent
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 WHEELHOUSE = Path(sys.prefix) / "wheelhouse"
-SOURCES = ["pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "polaris_celery"]
+#: What the build needs, and all the Dockerfile copies before its `pip install`.
+SOURCES = ["pyproject.toml", "README.md", "LICENSE", "polaris_celery"]
 
 PRODUCER = '''\
 """Plays the cab ride as its producers would, from the clean venv."""
