@@ -12,10 +12,7 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -26,8 +23,6 @@ from polaris_celery.context import BuilderContext
 
 from . import scenarios
 from .conftest import CeleryEnv
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class In(BaseModel):
@@ -377,52 +372,3 @@ def test_a_datum_listed_twice_in_one_list_is_refused(attr: str) -> None:
             "process": lambda self, ctx: None}
     with pytest.raises(pc.DeclarationError, match="In is declared more than once"):
         type("Twice", (pc.Builder,), body)
-
-
-# -- the types a user's mypy sees -----------------------------------------------------------------
-
-TYPED_USE = '''\
-import polaris_celery as pc
-from pydantic import BaseModel
-
-class In(BaseModel):
-    v: int = 0
-
-class Out(BaseModel):
-    v: int = 0
-
-class Make(pc.Builder):
-    consumes = [In]
-    produces = Out
-
-    def process(self, ctx: pc.BuilderContext) -> Out:
-        reveal_type(ctx.need(In))
-        reveal_type(ctx[In])
-        return Out(v=ctx.need(In).v + ctx[In].v)
-
-@pc.builder(max_retries=1)
-def make(i: In, o: Out | None = None) -> Out:
-    return Out(v=i.v)
-
-reveal_type(make(In()))
-make("not a datum")
-
-class Flow(pc.Workflow):
-    builders = [Make, make]
-    target = Out
-'''
-
-
-def test_mypy_infers_the_types_of_need_and_of_a_function_builder_call(tmp_path: Path) -> None:
-    (tmp_path / "use.py").write_text(TYPED_USE)
-    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-                           "--cache-dir", str(ROOT / ".mypy_cache"), str(tmp_path / "use.py")],
-                          capture_output=True, text=True, cwd=ROOT)
-    lines = [ln.split(": ", 1)[1] for ln in done.stdout.splitlines() if ": " in ln]
-    assert lines == [
-        'note: Revealed type is "use.In"',
-        'note: Revealed type is "use.In"',
-        'note: Revealed type is "use.Out"',
-        'error: Argument 1 to "FunctionBuilder" has incompatible type "str"; expected "In"  '
-        '[arg-type]',
-    ], done.stdout + done.stderr
