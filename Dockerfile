@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, so editing the worker app does not reinstall them.
-COPY pyproject.toml ./
+COPY pyproject.toml README.md LICENSE ./
 COPY polaris_celery ./polaris_celery
 RUN pip install ".[flower]"
 

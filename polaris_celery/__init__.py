@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import codec
-from .builder import Builder, BuilderSpec, builder, datum_name
+from .builder import Builder, BuilderSpec, FunctionBuilder, builder, datum_name
 from .context import BuilderContext
 from .errors import (
     BuilderFailed,
@@ -17,9 +17,11 @@ from .errors import (
     DeclarationError,
     DeltaConflict,
     GraphError,
+    GraphWarning,
     InstanceClosed,
     InvalidInput,
     MessageRejected,
+    MissingData,
     PolarisError,
     StoreUnavailable,
     UndeclaredData,
@@ -46,6 +48,7 @@ __all__ = [
     "Builder",
     "BuilderContext",
     "BuilderSpec",
+    "FunctionBuilder",
     "Workflow",
     "builder",
     "codec",
@@ -68,10 +71,12 @@ __all__ = [
     "ConfigurationError",
     "DeclarationError",
     "GraphError",
+    "GraphWarning",
     "InstanceClosed",
     "InvalidInput",
     "DeltaConflict",
     "MessageRejected",
+    "MissingData",
     "PolarisError",
     "StoreUnavailable",
     "UndeclaredData",

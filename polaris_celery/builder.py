@@ -12,9 +12,9 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Union, overload
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar, Union, overload
 
 from pydantic import BaseModel
 
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 DataType = type[BaseModel]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
+#: Options a workflow may give defaults for; a builder's own setting (on it or on a base class
+#: of its own) wins over the workflow's.
+DEFAULTABLE = ("max_retries", "time_limit", "retry_backoff", "retry_backoff_max")
 
 
 def datum_name(tp: DataType) -> str:
@@ -52,6 +56,8 @@ class BuilderSpec:
     retry_backoff_max: float
     queue: str | None
     builder_cls: type[Builder]
+    #: The DEFAULTABLE options the builder set itself; the others take the workflow's defaults.
+    explicit: frozenset[str] = frozenset()
 
     # Names are read on every frontier step: computed once per spec (cached_property writes the
     # instance __dict__ directly, which a frozen dataclass allows).
@@ -74,6 +80,19 @@ class BuilderSpec:
     def produces_name(self) -> str:
         return datum_name(self.produces)
 
+    def with_defaults(self, defaults: Mapping[str, float]) -> BuilderSpec:
+        """This spec with a workflow's defaults applied to the options the builder left unset."""
+        own = {k: v for k, v in defaults.items() if k in DEFAULTABLE and k not in self.explicit}
+        if not own:
+            return self
+        values: dict[str, Any] = {k: (int(v) if k == "max_retries" else float(v))
+                                  for k, v in own.items()}
+        return replace(self, **values)
+
+    def new_builder(self) -> Builder:
+        """A fresh builder object for one attempt."""
+        return self.builder_cls.for_attempt()
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1-based): exponential, capped."""
         if self.retry_backoff <= 0:
@@ -95,6 +114,10 @@ class Builder:
       retry_backoff / retry_backoff_max: exponential backoff between retries, in seconds.
       queue: the Celery queue this builder's task is routed to (None: the app's default).
       name: defaults to the class name.
+
+    A base class that only shares options is not a builder: mark it `abstract = True` (or
+    `class Base(pc.Builder, abstract=True)`); one that declares no data and no `process` is
+    taken as abstract too. Options it sets are inherited and count as the subclass's own.
     """
 
     consumes: ClassVar[Sequence[DataType]] = ()
@@ -107,16 +130,35 @@ class Builder:
     retry_backoff_max: ClassVar[float] = 60.0
     queue: ClassVar[str | None] = None
     name: ClassVar[str | None] = None
+    abstract: ClassVar[bool] = False
     spec: ClassVar[BuilderSpec]
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if abstract:
+        if abstract or cls.__dict__.get("abstract") is True or _only_options(cls):
+            cls.abstract = True  # in the class's own dict, so subclasses are not abstract
             return
+        cls.abstract = False
         cls.spec = _validate(cls)
+
+    @classmethod
+    def for_attempt(cls) -> Builder:
+        """The object `process` is called on for one attempt (a fresh one each time)."""
+        return cls()
 
     def process(self, ctx: BuilderContext) -> BaseModel | None:
         raise NotImplementedError
+
+
+def is_abstract(cls: type[Builder]) -> bool:
+    """True for a base class of shared options, which no workflow can run."""
+    return cls.__dict__.get("abstract") is True
+
+
+def _only_options(cls: type[Builder]) -> bool:
+    """A subclass that declares no data and no process shares options: it is a base class."""
+    return (cls.process is Builder.process and cls.produces is None
+            and not cls.consumes and not cls.optionals and not cls.accesses)
 
 
 def _is_model(tp: object) -> bool:
@@ -186,6 +228,9 @@ def _validate(cls: type[Builder]) -> BuilderSpec:
         retry_backoff_max=float(cls.retry_backoff_max),
         queue=cls.queue,
         builder_cls=cls,
+        explicit=frozenset(
+            attr for attr in DEFAULTABLE
+            if any(attr in k.__dict__ for k in cls.__mro__ if k not in _BASES)),
     )
 
 
@@ -200,10 +245,37 @@ def _optional_of(tp: Any) -> Any | None:
 
 
 F = Callable[..., Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class FunctionBuilder(Builder, Generic[P, R], abstract=True):
+    """The Builder class `@builder` makes from a function; calling it calls the function.
+
+    A unit test can then call `match_cabbie(RideRequested(...))` and get what the function
+    returns, as if it were undecorated, while a workflow lists the same name as a builder. The
+    `__new__` below is what makes the call, and what type checkers read as its signature.
+    """
+
+    func: ClassVar[Callable[..., Any]]
+
+    def __new__(cls, *args: P.args, **kwargs: P.kwargs) -> R:  # type: ignore[misc]
+        result: R = cls.func(*args, **kwargs)
+        return result
+
+    @classmethod
+    def for_attempt(cls) -> Builder:
+        """Bypass the calling `__new__`: an attempt needs the builder object itself."""
+        obj: Builder = object.__new__(cls)
+        Builder.__init__(obj)  # plain object init: a function builder defines no __init__
+        return obj
+
+
+_BASES = (Builder, FunctionBuilder)
 
 
 @overload
-def builder(func: F, /) -> type[Builder]: ...
+def builder(func: Callable[P, R], /) -> type[FunctionBuilder[P, R]]: ...
 @overload
 def builder(
     *,
@@ -214,7 +286,7 @@ def builder(
     retry_backoff: float = ...,
     retry_backoff_max: float = ...,
     queue: str | None = ...,
-) -> Callable[[F], type[Builder]]: ...
+) -> Callable[[Callable[P, R]], type[FunctionBuilder[P, R]]]: ...
 
 
 def builder(func: F | None = None, /, **options: Any) -> Any:
@@ -223,6 +295,7 @@ def builder(func: F | None = None, /, **options: Any) -> Any:
     Parameters annotated with a model are consumes; `X | None = None` parameters are optionals;
     the return annotation (`Y` or `Y | None`) is what it produces. Accesses, which never trigger,
     are given as an option and read through a parameter named `ctx` if the function wants one.
+    The result is a Builder class that, called, still runs the plain function (unit tests).
     """
 
     def wrap(fn: F) -> type[Builder]:
@@ -276,10 +349,12 @@ def builder(func: F | None = None, /, **options: Any) -> Any:
             "__module__": fn.__module__,
             "__qualname__": fn.__qualname__,
             "func": staticmethod(fn),
+            "__signature__": inspect.signature(fn),
+            "__wrapped__": fn,
         }
         attrs.update(options)
         attrs.setdefault("name", fn.__name__)
-        return type(fn.__name__, (Builder,), attrs)
+        return type(fn.__name__, (FunctionBuilder,), attrs)
 
     if func is not None:
         return wrap(func)

@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import status as st
+from .checks import mistakes
 from .diagram import data_of, to_dot, to_mermaid
 from .errors import BuilderFailed, InvalidInput, PolarisError, UnknownData
 from .executors.celery import CeleryExecutor
@@ -184,19 +185,24 @@ def _app(ctx: click.Context) -> App:
 @cli.command()
 @click.pass_context
 def workflows(ctx: click.Context) -> None:
-    """List the registered workflows: builders, data, inputs, target."""
+    """List the registered workflows: builders, data, inputs (which deltas must bring, as no
+    builder produces them), target; then what registration warned about."""
     app = _app(ctx)
     table = Table(title=f"workflows in {app.spec}", title_justify="left")
-    for col in ("workflow", "builders", "data", "inputs", "target"):
+    for col in ("workflow", "builders", "data", "inputs (from deltas)", "target"):
         table.add_column(col, justify="right" if col in ("builders", "data") else "left")
     keys = app.registry.keys()
+    doubts: list[str] = []
     for key in keys:
         g = app.registry.graph(key)
         table.add_row(key, str(len(g.specs)), str(len(data_of(g))),
                       ", ".join(sorted(g.inputs)), g.target)
+        doubts += [f"{key}: {d}" for d in mistakes(g)[1]]
     _console().print(table)
     if not keys:
         click.echo("(no workflow registered)")
+    for doubt in doubts:
+        click.echo(f"warning: {doubt}")
 
 
 # -- graph ------------------------------------------------------------------------------------

@@ -80,6 +80,11 @@ def encode_delta(
     out: dict[str, bytes] = {}
     unknown: list[str] = []
     for item in data:
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            raise InvalidInput(
+                f"a delta holds the class {item.__name__} itself, not a datum: pass an "
+                f"instance: {item.__name__}(...)"
+            )
         if not isinstance(item, BaseModel):
             raise InvalidInput(
                 f"a delta holds {type(item).__name__!s} {item!r:.80}, which is not a pydantic model"

@@ -8,6 +8,7 @@
      +-- InvalidInput          a delta or id is malformed: not a model, too large, bad id ...
  |    +-- DeltaConflict     a delta_id already used for a different delta
      +-- UndeclaredData        a builder asked its context for data it did not declare
+     +-- MissingData           a builder needed (ctx.need, ctx[T]) a datum the instance lacks
      +-- BuilderFailed         a builder failed for good; carries the partial result
      +-- ConfigurationError    a Celery app or store is set up unsafely or inconsistently
      +-- StoreUnavailable      the store could not be reached (wraps the driver's error)
@@ -81,6 +82,16 @@ class UndeclaredData(PolarisError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "undeclared data"
+
+
+class MissingData(PolarisError, LookupError):
+    """Raised by `ctx.need(T)` / `ctx[T]` when the instance holds no `T`; names the datum."""
+
+
+class GraphWarning(UserWarning):
+    """Warned at registration for what looks like a mistake in a workflow's graph (a datum no
+    builder produces that the workflow does not list as an input, an output nobody reads);
+    `register(..., strict=True)` raises these as a GraphError instead."""
 
 
 class BuilderFailed(PolarisError):

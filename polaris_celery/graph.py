@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .builder import Builder, BuilderSpec, DataType, datum_name
+from .builder import Builder, BuilderSpec, DataType, datum_name, is_abstract
 from .errors import GraphError
-from .workflow import ON_COMPLETE, Workflow
+from .workflow import ON_COMPLETE, Workflow, builder_defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,15 +78,20 @@ def compile_workflow(key: str, workflow: type[Workflow], version: int = 1) -> Gr
     problems: list[str] = []
     builders: list[type[Builder]] = list(getattr(workflow, "builders", ()) or ())
     specs: dict[str, BuilderSpec] = {}
+    defaults = builder_defaults(workflow, problems)
     for b in builders:
         spec = getattr(b, "spec", None)
+        if isinstance(b, type) and issubclass(b, Builder) and is_abstract(b):
+            problems.append(f"{b.__qualname__} is an abstract builder (a base for shared "
+                            "options): list its concrete subclasses instead")
+            continue
         if not isinstance(b, type) or not issubclass(b, Builder) or spec is None:
             problems.append(f"{b!r} is not a Builder subclass")
             continue
         if spec.name in specs:
             problems.append(f"two builders are named {spec.name!r}")
             continue
-        specs[spec.name] = spec
+        specs[spec.name] = spec.with_defaults(defaults)
     on_complete = getattr(workflow, "on_complete", "reopen")
     if on_complete not in ON_COMPLETE:
         problems.append(f"on_complete is {on_complete!r}; choose one of {', '.join(ON_COMPLETE)}")

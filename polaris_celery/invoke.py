@@ -75,7 +75,7 @@ def attempt(
         if "before" in hooks:
             hooks.call("before", spec.builder_cls, [inputs[n] for n in spec.readable_names
                                                     if n in new and n in inputs], info=info)
-        produced = spec.builder_cls().process(ctx)
+        produced = spec.new_builder().process(ctx)
         if produced is not None and type(produced) is not spec.produces:
             raise TypeError(
                 f"returned {type(produced).__qualname__}, but declares produces = "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import warnings
 
-from .errors import InvalidInput, UnknownWorkflow
+from .checks import mistakes
+from .errors import GraphError, GraphWarning, InvalidInput, UnknownWorkflow
 from .graph import Graph, compile_workflow
 from .stores.base import Store
 from .workflow import Workflow
@@ -43,20 +45,31 @@ class Registry:
     A key can hold several versions (`register(key, wf, version=2)`): new instances start on the
     newest, an instance in flight stays on the version it started with until it completes, and
     a version no live instance uses can be retired.
+
+    What looks like a mistake in a graph (see `checks`) is warned as a `GraphWarning`, or
+    refused with the GraphError under `strict=True` (here for every registration, or per call).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, strict: bool = False) -> None:
         self.store = store
+        self.strict = strict
         self._graphs: dict[str, dict[int, Graph]] = {}
 
-    def register(self, key: str, workflow: type[Workflow], version: int = 1) -> Graph:
+    def register(self, key: str, workflow: type[Workflow], version: int = 1, *,
+                 strict: bool | None = None) -> Graph:
         """Compile `workflow` and register it as `version` of `key`; raises GraphError on a bad
-        graph. Registering a version again replaces it (e.g. on a module reload)."""
+        graph, and under strict also on what `checks.mistakes` warns about. Registering a
+        version again replaces it (e.g. on a module reload)."""
         if not isinstance(key, str) or not _KEY.match(key):
             raise InvalidInput(f"workflow key {key!r} must match {_KEY.pattern}")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InvalidInput(f"workflow version must be a positive int, got {version!r}")
         graph = compile_workflow(key, workflow, version)
+        errors, doubts = mistakes(graph)
+        if errors or (doubts and (self.strict if strict is None else strict)):
+            raise GraphError(key, [*errors, *doubts])
+        for doubt in doubts:
+            warnings.warn(f"workflow {key!r}: {doubt}", GraphWarning, stacklevel=2)
         self._graphs.setdefault(key, {})[version] = graph
         return graph
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from .builder import Builder, DataType, datum_name
+from .builder import DEFAULTABLE, Builder, DataType, datum_name
 
 #: The values `Workflow.on_complete` takes.
 ON_COMPLETE = ("reopen", "close", "late")
@@ -27,6 +27,12 @@ class Workflow:
         "close": it is refused with InstanceClosed (an order, once shipped, stays shipped).
         "late": its data are kept apart as late data and nothing runs; its run ends "late".
         A restart opens the instance again under every setting.
+      inputs: the data deltas bring. Listing them is optional, but a datum that builders read
+        and none produces is otherwise reported at registration as a possible mistake.
+      outputs: data other than the target that are produced for readers outside the workflow
+        (results, `polaris status`), so that nobody consuming them is not reported.
+      max_retries, time_limit, retry_backoff, retry_backoff_max: workflow-wide defaults for
+        builders that do not set the option themselves (None: the Builder class default).
     """
 
     builders: ClassVar[Sequence[type[Builder]]] = ()
@@ -35,6 +41,12 @@ class Workflow:
     transients: ClassVar[Sequence[DataType]] = ()
     deadline: ClassVar[float | None] = None
     on_complete: ClassVar[str] = "reopen"
+    inputs: ClassVar[Sequence[DataType]] = ()
+    outputs: ClassVar[Sequence[DataType]] = ()
+    max_retries: ClassVar[int | None] = None
+    time_limit: ClassVar[float | None] = None
+    retry_backoff: ClassVar[float | None] = None
+    retry_backoff_max: ClassVar[float | None] = None
 
     @classmethod
     def from_catalog(
@@ -70,3 +82,24 @@ class Workflow:
             **options,
         }
         return type(name or f"{datum_name(target)}Flow", (cls,), attrs)
+
+
+def builder_defaults(workflow: type[Workflow], problems: list[str]) -> dict[str, float]:
+    """The workflow-wide builder defaults it sets, validated; bad ones are added to problems."""
+    out: dict[str, float] = {}
+    for attr in DEFAULTABLE:
+        v = getattr(workflow, attr, None)
+        if v is None:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if attr == "max_retries":
+            ok, want = number and isinstance(v, int) and v >= 0, "an int >= 0"
+        elif attr == "time_limit":
+            ok, want = number and v > 0, "a positive number"
+        else:
+            ok, want = number and v >= 0, "a non-negative number"
+        if not ok:
+            problems.append(f"workflow default {attr} must be {want}, got {v!r}")
+            continue
+        out[attr] = v
+    return out

@@ -54,6 +54,8 @@ CASES: list[tuple[str, Callable[[CeleryEnv, str], Any], type[Exception], str]] =
      lambda e, i: _submit(e, i, {"v": 1}), pc.InvalidInput, "not a pydantic model"),
     ("a string instead of a model",
      lambda e, i: _submit(e, i, "A"), pc.InvalidInput, "not a pydantic model"),
+    ("the model class instead of an instance",
+     lambda e, i: _submit(e, i, B(), A), pc.InvalidInput, "pass an instance: A(...)"),
     ("a model failing validation",
      lambda e, i: _submit(e, i, A.model_construct(v="not-an-int")), pc.InvalidInput,
      "fails validation"),

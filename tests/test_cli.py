@@ -164,6 +164,11 @@ def test_workflows_lists_counts_and_target(env: Env) -> None:
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[:3] == ["cab-ride", "5", "9"] and cells[-1] == "RideEnded", row
     assert re.search(r"payments\s+│\s+1 │\s+2 │ Order\s+│ Receipt", out), out
+    # Payments does not list Order as an input; the cab ride lists all of its inputs.
+    warned = [ln for ln in out.splitlines() if ln.startswith("warning: ")]
+    assert warned == ["warning: payments: Order is read by Charge but produced by no builder: "
+                      "deltas must bring it (list it in the workflow's inputs if that is "
+                      "intended)"], out
 
 
 _DOT_NODE = re.compile(r'^  "([^"]+)" \[(.*)\];$')

@@ -27,7 +27,7 @@ app = Celery("polaris_worker", broker=BROKER_URL)
 app.conf.worker_hijack_root_logger = False
 
 registry = pc.Registry(pc.RedisStore(REDIS_URL))
-registry.register("cab-ride", CabRide)
+registry.register("cab-ride", CabRide, strict=True)  # a suspect graph refuses to start
 
 executor = pc.CeleryExecutor(
     app,

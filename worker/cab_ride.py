@@ -85,8 +85,7 @@ class MatchCabbie(pc.Builder):
     retry_backoff = 0.5
 
     def process(self, ctx: pc.BuilderContext) -> CabbieMatched:
-        req = ctx.get(RideRequested)
-        assert req is not None
+        req = ctx.need(RideRequested)  # typed RideRequested; a consume is always there
         _work()
         return CabbieMatched(cabbie_id=cabbie_for(req.user_id), eta_minutes=4)
 
@@ -97,8 +96,7 @@ class StartRide(pc.Builder):
     produces = RideStarted
 
     def process(self, ctx: pc.BuilderContext) -> RideStarted | None:
-        matched, arrived = ctx.get(CabbieMatched), ctx.get(CabbieArrived)
-        assert matched is not None and arrived is not None
+        matched, arrived = ctx[CabbieMatched], ctx[CabbieArrived]
         if matched.cabbie_id != arrived.cabbie_id:
             return None  # another cabbie showed up: not now
         _work()
@@ -110,8 +108,7 @@ class ComputeFare(pc.Builder):
     produces = FareComputed
 
     def process(self, ctx: pc.BuilderContext) -> FareComputed:
-        trip = ctx.get(ArrivedAtDestination)
-        assert trip is not None
+        trip = ctx.need(ArrivedAtDestination)
         _work()
         return FareComputed(amount=round(3.5 + 1.2 * trip.distance_km, 2))
 
@@ -122,8 +119,7 @@ class ConfirmPayment(pc.Builder):
     max_retries = 2
 
     def process(self, ctx: pc.BuilderContext) -> PaymentConfirmed | None:
-        fare, paid = ctx.get(FareComputed), ctx.get(PaymentMade)
-        assert fare is not None and paid is not None
+        fare, paid = ctx.need(FareComputed), ctx.need(PaymentMade)
         _work()
         if paid.amount + 1e-9 < fare.amount:
             return None  # short payment: wait for a further PaymentMade
@@ -136,11 +132,14 @@ class EndRide(pc.Builder):
     produces = RideEnded
 
     def process(self, ctx: pc.BuilderContext) -> RideEnded:
-        ride, receipt, fare = ctx.get(RideStarted), ctx.get(PaymentConfirmed), ctx.get(FareComputed)
-        assert ride is not None and receipt is not None and fare is not None
+        ride, receipt = ctx.need(RideStarted), ctx.need(PaymentConfirmed)
+        fare = ctx.need(FareComputed)  # an access: MissingData (a failure) if it were absent
         return RideEnded(ride_id=ride.ride_id, receipt=receipt.receipt, fare=fare.amount)
 
 
 class CabRide(pc.Workflow):
     builders = [MatchCabbie, StartRide, ComputeFare, ConfirmPayment, EndRide]
     target = RideEnded
+    # What the producers bring; registration warns about any datum read but never produced
+    # that is not listed here (and the worker registers with strict=True, so it would refuse).
+    inputs = [RideRequested, CabbieArrived, ArrivedAtDestination, PaymentMade]
