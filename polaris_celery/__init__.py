@@ -12,6 +12,7 @@ from . import codec
 from .builder import Builder, BuilderSpec, builder, datum_name
 from .context import BuilderContext
 from .errors import (
+    AttemptFailed,
     BuilderFailed,
     ConfigurationError,
     DeclarationError,
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidInput",
     "DeltaConflict",
     "MessageRejected",
+    "AttemptFailed",
     "PolarisError",
     "StoreUnavailable",
     "UndeclaredData",

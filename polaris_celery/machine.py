@@ -37,6 +37,7 @@ class Step:
     names: frozenset[str] = frozenset()  # the instance's data names after it (commit only)
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # observe: statuses of runs it settled
 
 
 def new_step(k: Keys) -> Step:
@@ -153,6 +154,7 @@ class Machine:
             doc.runs[run.id] = run
             return
         doc.runs.pop(run.id, None)
+        step.settled.append(run.outcome)  # observe: for the runs-settled metric
         if run.target_hit:
             doc.completed = True
         outcome: dict[str, Any] = {
