@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -65,22 +65,34 @@ def _client() -> Any:
     return prometheus_client
 
 
-def prepare() -> str:
-    """Choose the multiprocess directory before prometheus_client is imported (idempotent).
+def prepare() -> tuple[str, bool]:
+    """Choose the multiprocess directory and put the client in multiprocess mode.
 
-    Returns the directory. A directory of our own is created empty, so counts of an earlier
-    worker never leak in; one named by the user is theirs to clear between worker starts."""
+    Returns the directory, and whether it is ours (created empty here, so counts of an earlier
+    worker never leak in; `cleanup` removes it). One named by the user is theirs to clear
+    between worker starts. The client picks its mode when first imported, and the `celery`
+    command may have imported it already (Flower's command plugin does): it is then switched
+    through `values.get_value_class()`, before any polaris metric exists."""
     path = os.environ.get(MULTIPROC_ENV)
+    ours = not path
     if not path:
-        if "prometheus_client" in sys.modules:
-            log.warning("polaris: prometheus_client was imported before the metrics were set "
-                        "up, without %s: a prefork worker's children will not be counted; "
-                        "set it in the worker's environment", MULTIPROC_ENV)
         path = tempfile.mkdtemp(prefix="polaris-metrics-")
         os.environ[MULTIPROC_ENV] = path
     os.makedirs(path, exist_ok=True)
     _client()
-    return path
+    from prometheus_client import values
+
+    if not multiprocess():
+        if _metrics is not None:
+            log.warning("polaris: metrics were created before %s was set: a prefork worker's "
+                        "children will not be counted", MULTIPROC_ENV)
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return path, ours
+
+
+def cleanup(path: str) -> None:
+    """Remove a multiprocess directory `prepare` created (at the worker's shutdown)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def multiprocess() -> bool:

@@ -66,7 +66,8 @@ def metrics_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             self._server: Any = None
-            path = metrics.prepare()
+            path, self._ours = metrics.prepare()
+            self._path = path
             executor.metrics = metrics.metrics()
             executor.observers.add(executor.metrics)
             log.info("polaris: metrics in %s, served on %s:%s", path, executor.metrics_addr,
@@ -80,5 +81,8 @@ def metrics_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
+                self._server = None
+            if self._ours:
+                metrics.cleanup(self._path)
 
     return PolarisMetrics
