@@ -28,6 +28,7 @@ imported, which `prepare()` sees to in the worker's parent before it forks its c
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -55,13 +56,14 @@ _lock = threading.Lock()
 _metrics: Metrics | None = None
 
 
+MISSING = "Prometheus metrics need prometheus_client: pip install 'polaris-celery[metrics]'"
+
+
 def _client() -> Any:
     try:
         import prometheus_client
     except ImportError as exc:  # pragma: no cover - exercised without the extra only
-        raise ConfigurationError(
-            "Prometheus metrics need prometheus_client: pip install 'polaris-celery[metrics]'"
-        ) from exc
+        raise ConfigurationError(MISSING) from exc
     return prometheus_client
 
 
@@ -73,13 +75,13 @@ def prepare() -> tuple[str, bool]:
     between worker starts. The client picks its mode when first imported, and the `celery`
     command may have imported it already (Flower's command plugin does): it is then switched
     through `values.get_value_class()`, before any polaris metric exists."""
+    _client()
     path = os.environ.get(MULTIPROC_ENV)
     ours = not path
     if not path:
         path = tempfile.mkdtemp(prefix="polaris-metrics-")
         os.environ[MULTIPROC_ENV] = path
     os.makedirs(path, exist_ok=True)
-    _client()
     from prometheus_client import values
 
     if not multiprocess():
@@ -196,6 +198,9 @@ def address(port: int | str | None, addr: str | None) -> tuple[int | None, str]:
     if not 0 < number < 65536 or isinstance(port, bool):
         raise ConfigurationError(f"metrics_port (POLARIS_METRICS_PORT) must be a TCP port "
                                  f"from 1 to 65535, got {port!r}")
+    # Checked without importing it: the worker imports it once the multiprocess mode is set.
+    if importlib.util.find_spec("prometheus_client") is None:  # pragma: no cover
+        raise ConfigurationError(MISSING)
     return number, addr
 
 

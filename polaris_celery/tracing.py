@@ -31,11 +31,9 @@ from .observe import Observer, outcome_label
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
-    from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError:  # pragma: no cover - exercised without the extra only
     trace = None  # type: ignore[assignment]
-    Getter = object  # type: ignore[assignment,misc]
 
 TRACER = "polaris_celery"
 #: The context an attempt's span continues (the run's), while a worker runs a task.
@@ -73,7 +71,7 @@ def headers() -> dict[str, str] | None:
     return carrier or None
 
 
-class _RequestGetter(Getter[Any]):
+class _RequestGetter:
     """Reads propagation headers off a Celery task request, as the Celery instrumentation
     does (Celery turns message headers into request attributes)."""
 
@@ -95,7 +93,7 @@ def task_context(request: Any) -> Iterator[None]:
         return
     current = trace.get_current_span().get_span_context()
     ctx = otel_context.get_current() if current.is_valid \
-        else propagate.extract(request, getter=_RequestGetter())
+        else propagate.extract(request, getter=_RequestGetter())  # type: ignore[arg-type]
     token = _parent.set(ctx)
     try:
         yield
