@@ -12,6 +12,7 @@ from . import codec
 from .builder import Builder, BuilderSpec, FunctionBuilder, builder, datum_name
 from .context import BuilderContext
 from .errors import (
+    AttemptFailed,
     BuilderFailed,
     ConfigurationError,
     DeclarationError,
@@ -76,6 +77,7 @@ __all__ = [
     "InvalidInput",
     "DeltaConflict",
     "MessageRejected",
+    "AttemptFailed",
     "MissingData",
     "PolarisError",
     "StoreUnavailable",

@@ -44,6 +44,7 @@ from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion, lease_fie
 from .invoke import Outcome, attempt, failed
 from .layout import Keys, Snapshot, Want
 from .machine import Machine, Step, input_names
+from .observe import Observer, Observers  # observe
 from .registry import Registry, check_instance_id
 from .result import RunRef, RunResult
 from .stores.redis import RedisStore, retry_unavailable
@@ -121,6 +122,7 @@ class Coordinator:
         self.ids = ids
         self.rng = rng or random.Random()
         self.settings = settings or Settings()
+        self.observer: Observer = Observers()  # observe: metrics, traces, Flower events
 
     @property
     def settings(self) -> Settings:
@@ -186,8 +188,10 @@ class Coordinator:
                 newest_delta = codec.encode_delta(newest, data, self.settings.max_datum_bytes)
                 continue
             if status == "applied":
+                self.observer.applied(workflow, step)  # observe
                 self._started(k, RunRef(run, inc), data, step)  # hooks, then send
                 return RunRef(run, inc)
+            self.observer.conflict(workflow)  # observe
 
     @staticmethod
     def _seen(k: Keys, snap: Snapshot, delta_id: str | None, seen: str, digest: str) -> RunRef:
@@ -255,6 +259,7 @@ class Coordinator:
             return None
         new = frozenset(n for n in spec.readable_names if field_name("n", c.run, n) in fields)
         started = self.clock()
+        self.observer.started(graph.key, c.keys.instance_id, c.run, c.builder, c.token)  # observe
         try:
             inputs = codec.decode_many(graph, c.raw)
         except Exception as exc:
@@ -279,6 +284,7 @@ class Coordinator:
         while True:
             snap, _ = self._retrying(functools.partial(self.store.view, k, want))
             if InstanceDoc.version_of(snap) not in (0, graph.version) or snap.inc != c.snap.inc:
+                self._observe_finished(c, out, committed=False)  # observe
                 return None  # deleted, or restarted on another version
             now = self.clock()
 
@@ -300,6 +306,7 @@ class Coordinator:
             if step is None:
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
                          c.token, c.builder, k.member, c.run)
+                self._observe_finished(c, out, committed=False)  # observe
                 return None
             # Redis errors are retried around this very step: if its write applied and only
             # the reply was lost, the retry meets the step's own mark ("done") and carries on
@@ -308,8 +315,11 @@ class Coordinator:
             status, reply = self._retrying(functools.partial(
                 self.store.cas, step.ops, snap, k, step.fx, sleep=self.sleep))
             if status == "conflict":
+                self.observer.conflict(k.workflow)  # observe
                 continue
             faults.point("after_commit")
+            self.observer.applied(k.workflow, step)  # observe
+            self._observe_finished(c, out, committed=True)  # observe
             self._log_failures(k, step)
             self._settled(k, snap.inc, step)
             if step.sends:
@@ -334,6 +344,10 @@ class Coordinator:
         fields = reads.claim(graph, c.run, inline)
         next_snap, _ = self._retrying(lambda: self.store.view(k, Want(frozenset(fields))))
         return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
+
+    def _observe_finished(self, c: _Claimed, out: Outcome, committed: bool) -> None:  # observe
+        self.observer.finished(c.graph.key, c.keys.instance_id, c.run, c.builder, c.token,
+                               out, committed)
 
     def _log_failures(self, k: Keys, step: Step) -> None:
         for run, builder, token, error in step.failures:
@@ -420,7 +434,10 @@ class Coordinator:
             if step is None:
                 return None
             status, _ = self.store.cas(step.ops, snap, k, step.fx, seen, self.sleep)
+            if status == "conflict":
+                self.observer.conflict(workflow)  # observe
             if status == "applied":
+                self.observer.applied(workflow, step)  # observe
                 self._log_failures(k, step)
                 self._settled(k, snap.inc, step)
                 if step.sends:

@@ -14,6 +14,7 @@
      +-- StoreUnavailable      the store could not be reached (wraps the driver's error)
      +-- WaitTimeout           a run did not settle within the time a caller waited
      +-- MessageRejected       a Celery message was malformed or named an unknown builder
+     +-- AttemptFailed         a builder's task reports its failed attempt (to Celery, Flower)
      +-- InstanceClosed        a delta for an instance that was cancelled or timed out
      +-- VersionInUse          retiring a workflow version that live instances still run on
 """
@@ -121,6 +122,12 @@ class WaitTimeout(PolarisError, TimeoutError):
 
 class MessageRejected(PolarisError):
     """Raised (and logged by workers) for a task message that is malformed or names no builder."""
+
+
+class AttemptFailed(PolarisError):
+    """Raised by a builder's Celery task once its failed attempt is committed, so that Celery
+    (Flower, the task_failure signal) sees a failure; the run itself retries or fails per the
+    builder's policy, already decided. Never raised to producers (they get BuilderFailed)."""
 
 
 class InstanceClosed(PolarisError):

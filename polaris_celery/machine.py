@@ -36,6 +36,7 @@ class Step:
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
     settled: list[int] = field(default_factory=list)  # runs this step settled (after_run hooks)
+    outcomes: list[str] = field(default_factory=list)  # observe: statuses of runs it settled
 
 
 def new_step(k: Keys) -> Step:
@@ -162,6 +163,7 @@ class Machine:
         if gone:
             step.ops.add("HDEL", k.state, *gone)
         step.settled.append(run.id)
+        step.outcomes.append(run.outcome)  # observe: for the runs-settled metric
         if run.target_hit:
             doc.completed = True
         outcome: dict[str, Any] = {

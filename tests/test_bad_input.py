@@ -166,3 +166,10 @@ def test_a_message_for_a_workflow_this_worker_lacks_is_named_as_rejected(celery_
         time.sleep(0.05)
     assert "MessageRejected: polaris.ghost.Nope" in caplog.text
     assert "reconciler of a worker that has it" in caplog.text
+
+
+@pytest.mark.parametrize("port", [0, 70000, "nine", True])
+def test_a_bad_metrics_port_is_refused(redis_url, port):
+    registry = pc.Registry(pc.RedisStore(redis_url))
+    with pytest.raises(pc.ConfigurationError, match="metrics_port"):
+        pc.CeleryExecutor(make_app(redis_url, name="mp"), registry, metrics_port=port)

@@ -106,3 +106,87 @@ def test_flower_lists_each_builder_task_with_ids_only(tmp_path: Path) -> None:
                 # The same names in Flower's list of task types.
                 types = httpx.get(f"http://127.0.0.1:{port}/api/task/types", timeout=5).json()
                 assert {f"polaris.cab-ride.{b}" for b in BUILDERS} <= set(types["task-types"])
+
+
+def instance_tasks(port: int, instance: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"http://127.0.0.1:{port}/api/tasks", timeout=5)
+    assert r.status_code == 200, f"HTTP {r.status_code}: {r.text[:300]}"
+    return [t for t in r.json().values()
+            if (t.get("name") or "").startswith("polaris.observed.")
+            and instance in (t.get("kwargs") or "")]
+
+
+@pytest.mark.slow
+def test_flower_shows_failed_and_inline_attempts_as_the_timeline_does(tmp_path: Path) -> None:
+    """Inline on (the default), on a prefork worker: every attempt the instance's log (what
+    `polaris timeline` draws) records is one Flower task, FAILURE exactly when the attempt
+    failed (with its error), and with the attempt's own runtime, not its inline successors'."""
+    from polaris_celery.status import read_log
+    from tests.apps.observed_app import D, Go, Observed
+
+    with RedisServer() as redis:
+        store_url, broker_url = redis.url, f"redis://127.0.0.1:{redis.port}/1"
+        env = base_env(POLARIS_REDIS_URL=store_url, POLARIS_BROKER_URL=broker_url)
+        port = free_port()
+        flower_argv = ["celery", "-A", "tests.apps.observed_app", "flower", f"--port={port}",
+                       "--address=127.0.0.1"]
+        worker_argv = ["celery", "-A", "tests.apps.observed_app", "worker", "-E",
+                       "--pool=prefork", "--concurrency=2", "--without-mingle",
+                       "--without-gossip", "--loglevel=INFO"]
+        with started(flower_argv, {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+                     tmp_path / "flower.log") as flower:
+            wait_http(f"http://127.0.0.1:{port}/healthcheck", proc=flower)
+            with started(worker_argv, env, tmp_path / "worker.log") as worker:
+                worker.wait_for(" ready.")
+                wait_flower_sees_a_worker(port)
+                app = Celery("flower-test-producer", broker=broker_url, set_as_current=False)
+                store = pc.RedisStore(store_url)
+                registry = pc.Registry(store)
+                registry.register("observed", Observed)
+                producer = pc.CeleryExecutor(app, registry, reconciler=False)
+                instance = f"observed-{time.time_ns()}"
+                result = producer.submit_delta("observed", instance, Go(flaky=True)).wait(30)
+                assert result.completed and result.get(D) is not None
+
+                log = [e for e in read_log(store, store.keys("observed", instance))
+                       if e.event == "builder"]
+                attempts = {(e.builder, e.attempt): e for e in log}
+                assert sorted(attempts) == [("MakeA", 1), ("MakeA", 2), ("MakeB", 1),
+                                            ("MakeC", 1), ("MakeC", 2), ("MakeD", 1)], log
+
+                def seen() -> dict[tuple[str, int], dict[str, Any]]:
+                    out = {}
+                    for t in instance_tasks(port, instance):
+                        kw = ast.literal_eval(t["kwargs"])
+                        out[(t["name"].rsplit(".", 1)[1], kw["attempt"])] = t
+                    return out
+
+                deadline = time.monotonic() + 20
+                tasks = seen()
+                while time.monotonic() < deadline and not (
+                        set(tasks) == set(attempts)
+                        and all(t["state"] in ("SUCCESS", "FAILURE") for t in tasks.values())):
+                    time.sleep(0.25)
+                    tasks = seen()
+                assert len(instance_tasks(port, instance)) == len(attempts), \
+                    f"{sorted(tasks)}\n{worker.text()[-3000:]}"
+                assert set(tasks) == set(attempts), f"{sorted(tasks)}\n{worker.text()[-3000:]}"
+                for key, entry in attempts.items():
+                    task = tasks[key]
+                    if entry.failed:
+                        assert task["state"] == "FAILURE", (key, task)
+                        assert entry.result is not None
+                        assert entry.result.removeprefix("error:") in task["exception"], task
+                        assert "the first try of" in task["exception"], task
+                    else:
+                        assert task["state"] == "SUCCESS", (key, task)
+                        # The task's time: its own builder, claim and commit included; its
+                        # inline successors (MakeB alone sleeps 0.3 s) not.
+                        assert entry.seconds <= task["runtime"] <= entry.seconds + 0.15, (
+                            key, entry.seconds, task["runtime"])
+                # Inline attempts are children of the task that ran them.
+                delivered = {t["uuid"] for k, t in tasks.items()
+                             if k in {("MakeA", 1), ("MakeA", 2), ("MakeC", 2)}}
+                for key in [("MakeB", 1), ("MakeC", 1), ("MakeD", 1)]:
+                    assert tasks[key]["parent_id"] in delivered, (key, tasks[key])
+                store.close()

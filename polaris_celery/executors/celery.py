@@ -11,25 +11,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from celery import Celery, bootsteps, signals
+from celery import Celery, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from pydantic import BaseModel
 
-from .. import faults
+from .. import faults, metrics, tracing
 from ..builder import BuilderSpec
 from ..coordinator import Coordinator, RunRef, task_budget
-from ..errors import ConfigurationError, MessageRejected, PolarisError, StoreUnavailable
+from ..errors import (
+    AttemptFailed,
+    ConfigurationError,
+    MessageRejected,
+    PolarisError,
+)
 from ..hooks import Hook, Hooks
 from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
+from ..observe import Observers
 from ..registry import Registry
 from ..result import RunResult
 from ..workflow import Workflow
+from . import bootsteps, flower
 
 log = logging.getLogger("polaris_celery")
 
@@ -137,6 +143,10 @@ class CeleryExecutor:
     attempt; before_run in the process that submits the delta (once it is stored, before its
     builders are sent); after_run in the process whose commit (or reconciler pass, or cancel)
     settled the run. A raising hook is logged and ignored unless `strict_hooks=True`.
+
+    metrics_port: serve Prometheus metrics on this port from every worker (default: the
+    POLARIS_METRICS_PORT environment variable; unset, none are served), bound to
+    `metrics_addr` (POLARIS_METRICS_ADDR, default 0.0.0.0). Needs the `metrics` extra.
     """
 
     def __init__(
@@ -151,6 +161,8 @@ class CeleryExecutor:
         after_run: Hook | None = None,
         strict_hooks: bool = False,
         reconciler: bool = True,
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
         **settings: Any,
     ) -> None:
         self.app = app
@@ -159,6 +171,12 @@ class CeleryExecutor:
         hooks = Hooks(before=before, after=after, on_error=on_error, before_run=before_run,
                       after_run=after_run, strict=strict_hooks)
         self.coordinator = Coordinator(registry, self._send, self.settings, hooks=hooks)
+        # Observability: Flower's task events and OpenTelemetry spans (no-ops when off), and
+        # Prometheus metrics once a worker's bootstep sets them up (bootsteps.metrics_step).
+        self.observers = Observers([flower.task_events, tracing.observer()])
+        self.coordinator.observer = self.observers
+        self.metrics: metrics.Metrics | None = None  # in a worker serving them
+        self.metrics_port, self.metrics_addr = metrics.address(metrics_port, metrics_addr)
         self._tasks: dict[str, Any] = {}
         self._builders: dict[str, tuple[str, str]] = {}  # task name -> (workflow, builder)
         graphs = registry.graphs()
@@ -173,7 +191,9 @@ class CeleryExecutor:
         signals.task_failure.connect(self._on_task_failure, weak=False)
         signals.task_unknown.connect(self._on_unknown_task, weak=False)
         if reconciler:
-            app.steps["worker"].add(_reconciler_step(self))
+            app.steps["worker"].add(bootsteps.reconciler_step(self))
+        if self.metrics_port is not None:
+            app.steps["worker"].add(bootsteps.metrics_step(self))
 
     # -- producers ----------------------------------------------------------------------------
 
@@ -191,7 +211,9 @@ class CeleryExecutor:
         deadline: seconds from now after which nothing more runs and the instance times out.
         """
         self._ensure_tasks(workflow)
-        run = self.coordinator.submit(workflow, instance_id, data, delta_id, deadline)
+        with tracing.run_span(workflow, instance_id) as traced:  # observe: the run's span
+            run = self.coordinator.submit(workflow, instance_id, data, delta_id, deadline)
+            traced(run.run)
         return RunHandle(self.coordinator, workflow, instance_id, run)
 
     async def submit_delta_async(
@@ -220,7 +242,10 @@ class CeleryExecutor:
         """Run an instance again from the beginning on the newest version, re-submitting its
         input data (keep_data=True) or dropping all its data and waiting for new deltas."""
         self._ensure_tasks(workflow)
-        run = self.coordinator.restart(workflow, instance_id, keep_data)
+        with tracing.run_span(workflow, instance_id) as traced:  # observe: the run's span
+            run = self.coordinator.restart(workflow, instance_id, keep_data)
+            if run is not None:
+                traced(run.run)
         return None if run is None else RunHandle(self.coordinator, workflow, instance_id, run)
 
     def delete(self, workflow: str, instance_id: str) -> None:
@@ -239,7 +264,10 @@ class CeleryExecutor:
 
     def reconcile(self) -> dict[str, int]:
         """One reconciler pass (workers run this every `reconcile_interval` by themselves)."""
-        return self.coordinator.reconcile()
+        counts = self.coordinator.reconcile()
+        if self.metrics is not None:
+            self.metrics.reconciled(counts)
+        return counts
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -263,6 +291,10 @@ class CeleryExecutor:
                 continue
             self._tasks[tname] = self.app.task(
                 _make_body(self.coordinator, workflow, name),
+                # Flower tells the truth (executors/flower.py): the task's own runtime, and a
+                # committed failed attempt raised as the expected AttemptFailed.
+                Request=flower.BuilderRequest,
+                throws=(AttemptFailed,),
                 name=tname,
                 shared=False,  # bound to this executor's coordinator: never to other apps
                 bind=True,
@@ -285,10 +317,10 @@ class CeleryExecutor:
         self._tasks[workflow] = True
 
     def _register_reconcile_task(self) -> None:
-        coordinator = self.coordinator
+        executor = self
 
         def reconcile() -> dict[str, int]:
-            return coordinator.reconcile()
+            return executor.reconcile()
 
         self.app.task(reconcile, name=RECONCILE_TASK, ignore_result=True, shared=False)
 
@@ -363,11 +395,12 @@ class CeleryExecutor:
                 ignore_result=True,
                 argsrepr="()",
                 kwargsrepr=repr(kwargs),
+                headers=tracing.headers(),  # observe: the run's trace context
             )
 
 
 def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
-    def body(task: Any, *args: Any, **kwargs: Any) -> None:
+    def body(task: Any, *args: Any, **kwargs: Any) -> str:
         try:
             if args:
                 raise MessageRejected(f"positional arguments {args!r:.100}")
@@ -390,9 +423,16 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
         spec = registry.graph(workflow, version).specs.get(builder) \
             if version in registry.versions(workflow) else None
         try:
-            coordinator.execute(workflow, instance, run, builder, attempt,
-                                queue=spec.queue if spec else None,
-                                worker=task.request.hostname, version=version, incarnation=inc)
+            # observe: Flower's events for this task and its inline successors, and the trace
+            # context its attempts continue.
+            with flower.delivered(task, builder, {"instance": instance, "run": run,
+                                                  "attempt": attempt, "version": version,
+                                                  "inc": inc}) as report, \
+                    tracing.task_context(task.request):
+                coordinator.execute(workflow, instance, run, builder, attempt,
+                                    queue=spec.queue if spec else None,
+                                    worker=task.request.hostname, version=version,
+                                    incarnation=inc)
         except UnknownVersion:
             # Another worker runs that version (a deploy in progress): hand the message on.
             # Wait first, holding this worker's only prefetch slot, then publish at once: a
@@ -406,42 +446,9 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
         except PolarisError:
             log.exception("polaris: %s.%s for %s run %s", workflow, builder, instance, run)
             raise
+        return report.result()  # raises AttemptFailed for a failed attempt, once committed
 
     # Celery compiles a signature checker from __name__, so it must be an identifier.
     body.__name__ = body.__qualname__ = "run_" + "".join(
         c if c.isalnum() else "_" for c in f"{workflow}_{builder}")
     return body
-
-
-def _reconciler_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep running the reconciler on a thread, so recovery needs no extra
-    process: every worker does it, and many at once are safe."""
-
-    class PolarisReconciler(bootsteps.StartStopStep):  # type: ignore[misc]
-        requires = {"celery.worker.components:Pool"}
-
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
-
-        def start(self, worker: Any) -> None:
-            self._thread = threading.Thread(target=self._loop, name="polaris-reconciler",
-                                            daemon=True)
-            self._thread.start()
-
-        def _loop(self) -> None:
-            interval = executor.settings.reconcile_interval
-            while not self._stop.wait(interval):
-                try:
-                    executor.reconcile()
-                except StoreUnavailable as exc:
-                    log.warning("polaris: reconciler pass skipped: %s", exc)
-                except Exception:
-                    log.exception("polaris: reconciler pass failed; retrying next period")
-
-        def stop(self, worker: Any) -> None:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-
-    return PolarisReconciler
