@@ -82,6 +82,16 @@ def test_diamond_joins_once_and_waiter_waits_for_upstream(run, iid):
     assert seen(iid, "Join") == [{"b": 2, "c": 3}]
 
 
+def test_a_join_waits_for_an_active_upstream_even_with_its_inputs_present(run, iid):
+    """In a second run both of Join's inputs exist from the first; whichever of Left and Right
+    commits first, Join waits for the other (active, upstream) and runs once, on fresh values.
+    In the distributed executor the first commit did not read the other's field: it must ask."""
+    assert run("diamond", iid, A(v=1)).completed
+    r = run("diamond", iid, A(v=10))
+    assert r.completed and r.get(F) == F(v=23)
+    assert seen(iid, "Join") == [{"b": 2, "c": 3}, {"b": 11, "c": 12}]
+
+
 def test_cycle_terminates_running_each_builder_at_most_once(run, iid):
     r1 = run("cycle", iid, A(v=0))
     assert calls(iid) == ["Fwd", "Back"]

@@ -97,7 +97,9 @@ M["c08"] = [rep("polaris_celery/invoke.py",
     " codec.encode(out.produced) if out.produced is not None else None,\n")]
 # Issue 12 (the run's state as fields read partially): a waiting join that is never released
 # (its count of active ancestors never goes down), and a partial view that takes a field it
-# did not read for an absent one.
+# did not read for an absent one. f02 changes which builders run, not whether commits are
+# fenced, so the simulator's invariants pass it (200 seeds: 0 failing); it is caught by
+# tests/test_semantics.py::test_a_join_waits_for_an_active_upstream_even_with_its_inputs_present.
 M["f01"] = [rep("polaris_celery/frontier.py",
     """            self.n_active -= 1
             for w in self.waiting:
