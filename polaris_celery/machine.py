@@ -33,6 +33,7 @@ class Step:
     ops: Ops
     sends: list[Dispatch] = field(default_factory=list)
     inline: str | None = None  # a successor claimed by this step, to run in the same process
+    doc: str = ""  # the document as this step writes it
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
     settled: list[int] = field(default_factory=list)  # runs this step settled (after_run hooks)
@@ -211,7 +212,8 @@ class Machine:
         if not write:
             return
         doc.updated = now
-        writes: dict[str, Any] = {"v": snap.version + 1, "doc": doc.dump()}
+        step.doc = doc.dump()
+        writes: dict[str, Any] = {"v": snap.version + 1, "doc": step.doc}
         gone: list[str] = []
         for run in doc.runs.values():
             writes[header_name(run.id)] = run.header()
