@@ -262,8 +262,8 @@ class Coordinator:
                 run=c.run, attempt_no=c.token, before=self.before, after=self.after,
                 max_bytes=self.settings.max_datum_bytes,
             )
-        faults.point("before_commit", faults.Attempt(graph.key, c.keys.instance_id, c.run,
-                                                     c.builder, c.token, c.snap.inc))
+        faults.strike("before_commit", faults.Attempt(graph.key, c.keys.instance_id, c.run,
+                                                      c.builder, c.token, c.snap.inc))
         return self._commit(c, out, started, task)
 
     def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task

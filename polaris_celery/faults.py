@@ -11,8 +11,9 @@ Two ways to arm them:
   one such object the library ships.
 
 Points: before_commit (a builder ran, nothing committed), after_commit (committed, successors
-not yet sent), mid_send (some successors sent, others not); the commit's reply (`reply`), and
-each message sent (`copies`). With nothing armed each costs one dict lookup or one `is None`.
+not yet sent), mid_send (some successors sent, others not). Hooks see before_commit (`strike`,
+with the attempt), the commit's reply (`reply`) and each message sent (`copies`). With nothing
+armed each costs one dict lookup or one `is None`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Hooks:
     """What happens at the fault points in this process. The base class does nothing: a
     subclass overrides the points it strikes at. Methods are called from worker threads."""
 
-    def point(self, name: str, attempt: Attempt | None) -> None:
-        """At a fault point; raising abandons what the caller was doing there."""
+    def point(self, name: str, attempt: Attempt) -> None:
+        """At a fault point (`strike`); raising abandons the attempt there."""
 
     def reply_lost(self, name: str, key: str) -> bool:
         """True: the write `key` (one commit) applied, but its caller is told the connection
@@ -78,11 +79,17 @@ def install(hooks: Hooks | None) -> Hooks | None:
     return before
 
 
-def point(name: str, attempt: Attempt | None = None) -> None:
-    """Die here, as a crash would, if this fault point is armed; or let the hooks strike."""
+def point(name: str) -> None:
+    """Die here, as a crash would, if POLARIS_FAULTS arms this point."""
     prob = _POINTS.get(name)
     if prob is not None and random.random() < prob:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def strike(name: str, attempt: Attempt) -> None:
+    """A fault point with the attempt in hand: `point(name)` (which crash tests and the
+    simulator replace), then the installed hooks, which may raise to abandon the attempt."""
+    point(name)
     if _hooks is not None:
         _hooks.point(name, attempt)
 

@@ -32,6 +32,8 @@ from polaris_celery.testing import InProcessWorker, RedisCluster, RedisServer
 
 from . import scenarios
 
+pytest_plugins = ["pytester"]  # tests/test_plugin.py runs a user's project in a pytest of its own
+
 
 @pytest.fixture(scope="session")
 def redis_server(polaris_redis_server: RedisServer | None) -> Iterator[RedisServer]:

@@ -88,8 +88,8 @@ class Chaos(faults.Hooks):
 
     # -- the fault points ------------------------------------------------------------------
 
-    def point(self, name: str, attempt: faults.Attempt | None) -> None:
-        if name != "before_commit" or attempt is None:
+    def point(self, name: str, attempt: faults.Attempt) -> None:
+        if name != "before_commit":
             return
         key = f"{attempt.workflow}/{attempt.instance_id}/{attempt.incarnation}/{attempt.run}/" \
               f"{attempt.builder}"

@@ -75,15 +75,17 @@ class Flow:
         return result
 
     def play(self, *deltas: BaseModel | Sequence[BaseModel]) -> list[RunResult]:
-        """Send each delta in turn (a datum, or a list of data sent together), one run each."""
-        out = []
+        """Send each delta in turn (a datum, or a list of data sent together), one run each.
+        Every delta is checked before the first is sent."""
+        batches = []
         for i, delta in enumerate(deltas):
-            data = [delta] if isinstance(delta, BaseModel) else list(delta)
+            data = [delta] if isinstance(delta, BaseModel) else \
+                list(delta) if isinstance(delta, (list, tuple)) else []
             if not data or not all(isinstance(d, BaseModel) for d in data):
                 raise InvalidInput(f"delta {i} must be a pydantic model or a non-empty list of "
                                    f"them, got {delta!r:.100}")
-            out.append(self.send(*data))
-        return out
+            batches.append(data)
+        return [self.send(*data) for data in batches]
 
     # -- what came of it ---------------------------------------------------------------------
 

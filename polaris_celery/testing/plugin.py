@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import os
 import re
 import uuid
@@ -64,7 +65,7 @@ def load_registry(spec: str) -> Registry:
         found: Any = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise pytest.UsageError(f"polaris_registry = {spec!r}: {exc}") from exc
-    if callable(found) and not isinstance(found, Registry):
+    if inspect.isfunction(found):
         found = found()
     if not isinstance(found, Registry):
         raise pytest.UsageError(f"polaris_registry = {spec!r} is a {type(found).__name__}, "
