@@ -200,7 +200,8 @@ def polaris_worker_process(polaris_redis: str, polaris_broker: str
               ) -> WorkerProcess:
         merged = {"POLARIS_REDIS_URL": polaris_redis, "POLARIS_BROKER_URL": polaris_broker,
                   **(env or {})}
-        worker = WorkerProcess(app_module, merged, name=f"w{len(started) + 1}", **options)
+        options.setdefault("name", f"w{len(started) + 1}")
+        worker = WorkerProcess(app_module, merged, **options)
         started.append(worker)
         return worker.start().wait_ready()
 
