@@ -4,7 +4,7 @@
     python -m bench --quick          smaller counts (a smoke run), writes nothing unless --output
     python -m bench --only A,B1-3    some parts (A, B1-3, P, B4, B5, B6, B7, C)
 
-Everything runs on real parts: private redis-server processes (polaris_celery.devserver) and
+Everything runs on real parts: private redis-server processes (polaris_celery.testing) and
 `celery worker` processes started here and ended by pid. Each comparison runs both sides in the
 same run, interleaved, and reports the ratio, since the machine is noisy.
 """
@@ -97,7 +97,7 @@ def render(sections: list[Section], extra: list[str], args: argparse.Namespace,
         "",
         md_table(["Machine", ""], machine()),
         "",
-        "Setup: one private redis-server per run (started with `polaris_celery.devserver`, "
+        "Setup: one private redis-server per run (started with `polaris_celery.testing`, "
         "a free port, its own directory); polaris and Celery canvas each get one "
         "`celery -A bench.app worker --pool prefork -c 2` process (two pool processes, "
         "acks_late, reject_on_worker_lost, prefetch 1, JSON, gossip/mingle/heartbeat off), "

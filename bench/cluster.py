@@ -27,8 +27,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from polaris_celery.devserver import RedisCluster, RedisServer
 from polaris_celery.stores.shared import BUCKETS
+from polaris_celery.testing import RedisCluster, RedisServer
 
 from . import workflows as W
 from .apps import PolarisApp, polaris_app

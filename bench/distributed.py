@@ -30,7 +30,7 @@ import redis
 from celery import chain, chord
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisServer
+from polaris_celery.testing import RedisServer
 
 from . import workflows as W
 from .apps import PolarisApp, canvas_app, polaris_app

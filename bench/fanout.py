@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from polaris_celery.devserver import RedisServer
+from polaris_celery.testing import RedisServer
 
 from .apps import PolarisApp, canvas_app, polaris_app
 from .distributed import canvas_chord, interleave, polaris_once

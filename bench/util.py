@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polaris_celery.testing import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -118,36 +118,22 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 class Workers:
-    """`n` real `celery worker` processes of one role, started with Popen in sessions of their
-    own and ended by their pids (SIGTERM, then SIGKILL of their own process group)."""
+    """`n` real `celery -A bench.app worker` processes of one role, from the shared launcher
+    (`polaris_celery.testing.WorkerProcess`: sessions of their own, ended by pid)."""
 
     def __init__(self, name: str, env: dict[str, str], *, pool: str = "prefork",
                  concurrency: int = 2, processes: int = 1, queues: str | None = None) -> None:
         self.name = name
-        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.pool = pool
-        self.concurrency = concurrency
-        self.processes = processes
-        self.queues = queues
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.logdir = tempfile.mkdtemp(prefix=f"polaris-bench-{name}-")
-
-    def nodename(self, i: int) -> str:
-        return f"{self.name}-{i}@bench"
+        self.procs = [WorkerProcess(
+            "bench.app", {**env, "PYTHONPATH": str(ROOT)}, name=f"{name}-{i}",
+            node="{name}@bench", pool=pool, concurrency=concurrency, loglevel="WARNING",
+            queues=queues.split(",") if queues else (), cwd=ROOT,
+            log_path=f"{self.logdir}/worker-{i}.log") for i in range(processes)]
 
     def start(self) -> Workers:
-        for i in range(self.processes):
-            cmd = [str(BIN / "celery"), "-A", "bench.app", "worker", "--pool", self.pool,
-                   "-c", str(self.concurrency), "-n", self.nodename(i), "-l", "WARNING",
-                   "--without-gossip", "--without-mingle", "--without-heartbeat",
-                   "--logfile", f"{self.logdir}/worker-{i}.log"]
-            if self.queues:
-                cmd += ["-Q", self.queues]
-            self.procs.append(subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL,
-                stderr=open(f"{self.logdir}/stderr-{i}.log", "wb"),  # noqa: SIM115
-                start_new_session=True,
-            ))
+        for p in self.procs:
+            p.start()
         return self
 
     @property
@@ -155,41 +141,15 @@ class Workers:
         return [p.pid for p in self.procs]
 
     def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
-        """Until every worker answers a ping through the broker."""
-        want = {self.nodename(i) for i in range(self.processes)}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"worker {p.pid} exited with {p.returncode}; see "
-                                       f"{self.logdir}")
-            replies = app.control.ping(timeout=0.5) or []
-            seen = {name for r in replies for name in r}
-            if want <= seen:
-                return
-        raise RuntimeError(f"workers {self.name} not ready after {timeout}s; see {self.logdir}")
+        """Until every worker answers a ping through the broker (they log at WARNING)."""
+        for p in self.procs:
+            p.wait_ready(timeout, app=app)
 
     def stop(self, timeout: float = 15.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                # The group is the session this Popen created: only this worker and its children.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        # Pool children of a worker that was killed may outlive it: end the group we created.
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+        codes = [p.stop(timeout) for p in self.procs]
         # Keep the logs only when a worker ended badly.
-        if self.procs and all(p.returncode == 0 for p in self.procs):
+        if all(c == 0 for c in codes):
             shutil.rmtree(self.logdir, ignore_errors=True)
-        self.procs = []
 
     def __enter__(self) -> Workers:
         return self.start()

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from polaris_celery.devserver import RedisServer, celery_worker
+from polaris_celery.testing import RedisServer, celery_worker
 
 console = Console(highlight=False)
 REPO = Path(__file__).resolve().parent.parent

@@ -272,7 +272,8 @@ class Coordinator:
                 run=c.run, attempt_no=c.token, hooks=self.hooks,
                 max_bytes=self.settings.max_datum_bytes,
             )
-        faults.point("before_commit")
+        faults.strike("before_commit", faults.Attempt(graph.key, c.keys.instance_id, c.run,
+                                                      c.builder, c.token, c.snap.inc))
         return self._commit(c, out, started, task)
 
     def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task
@@ -313,7 +314,8 @@ class Coordinator:
             # with what this step decided (its sends, its inline successor), never with a
             # step decided afresh from an older state.
             status, reply = self._retrying(functools.partial(
-                self.store.cas, step.ops, snap, k, step.fx, sleep=self.sleep))
+                faults.reply("commit", once, self.store.cas), step.ops, snap, k, step.fx,
+                sleep=self.sleep))
             if status == "conflict":
                 self.observer.conflict(k.workflow)  # observe
                 continue

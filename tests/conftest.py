@@ -1,10 +1,14 @@
 """Fixtures over real parts: private redis-server processes and real Celery workers.
 
-- `redis_server`: one private redis-server for the session (a free port, its own directory).
+The project's own pytest plugin (`polaris_celery.testing.plugin`, loaded through its entry
+point) provides the session's redis-server and in-process worker; these fixtures give the
+project's tests their shapes on top of it.
+
+- `redis_server`: the plugin's private redis-server for the session (`polaris_redis_server`).
 - `redis_cluster` / `redis_cluster_url`: one private Redis Cluster (3 primaries, 3 replicas) for
   the session; `fresh_redis_cluster`: one of a test's own, for tests that kill nodes.
-- `celery_env`: a Celery app whose broker is that server (db 1) and whose registry stores in it
-  (db 0), every scenario workflow registered, and an in-process worker on threads.
+- `celery_env`: the plugin's Celery app, executor and in-process worker on threads (broker: db 1
+  of that server, store: db 0), with every scenario workflow adopted into it.
 - `cluster_env`: the distributed coordinator with its store on that Redis Cluster.
 - `run`: one callable, parametrized over the sequential, parallel and Celery executors and the
   coordinator on the cluster, so every
@@ -21,18 +25,22 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from pydantic import BaseModel
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisCluster, RedisServer
+from polaris_celery.testing import InProcessWorker, RedisCluster, RedisServer
 
 from . import scenarios
 
+pytest_plugins = ["pytester"]  # tests/test_plugin.py runs a user's project in a pytest of its own
+
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
+def redis_server(polaris_redis_server: RedisServer | None) -> Iterator[RedisServer]:
+    if polaris_redis_server is not None:
+        yield polaris_redis_server
+        return
+    with RedisServer() as server:  # POLARIS_TEST_REDIS_URL named another: tests need a process
         yield server
 
 
@@ -81,17 +89,16 @@ def make_app(broker_url: str, name: str = "polaris-tests") -> Celery:
 
 
 @pytest.fixture(scope="session")
-def celery_env(redis_server: RedisServer) -> Iterator[CeleryEnv]:
-    store_url = redis_server.url
-    broker_url = f"redis://127.0.0.1:{redis_server.port}/1"
-    app = make_app(broker_url)
-    store = pc.RedisStore(store_url)
-    registry = scenarios.register_all(pc.Registry(store))
-    executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout=5,
-                                 lease_grace=2, **scenarios.RECORDING_HOOKS)
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                      shutdown_timeout=10):
-        yield CeleryEnv(app, registry, executor, store, broker_url, store_url)
+def polaris_settings() -> dict[str, Any]:
+    """The session's in-process executor records every hook call (tests/test_hooks.py)."""
+    return dict(scenarios.RECORDING_HOOKS)
+
+
+@pytest.fixture(scope="session")
+def celery_env(polaris_in_process: InProcessWorker) -> CeleryEnv:
+    w = polaris_in_process
+    w.adopt(scenarios.register_all(pc.Registry(pc.MemoryStore())))
+    return CeleryEnv(w.app, w.registry, w.executor, w.store, w.broker_url, w.store_url)
 
 
 @dataclass

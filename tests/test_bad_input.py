@@ -117,9 +117,10 @@ def test_bad_delta_leaves_earlier_data_untouched(celery_env, iid):
 
 def test_pickle_message_is_never_run(celery_env, iid):
     """A message in pickle format for a builder's task is refused by the worker (JSON only)."""
+    queue = celery_env.app.conf.task_default_queue  # the test session's own
     with Connection(celery_env.broker_url) as conn:
-        producer = Producer(conn.channel(), exchange=Exchange("celery", type="direct"),
-                            routing_key="celery", serializer="pickle")
+        producer = Producer(conn.channel(), exchange=Exchange(queue, type="direct"),
+                            routing_key=queue, serializer="pickle")
         producer.publish(
             {"instance": iid, "run": 1, "attempt": 1},
             headers={"task": "polaris.dbf.BA", "id": "pickled-1", "lang": "py",
@@ -127,9 +128,9 @@ def test_pickle_message_is_never_run(celery_env, iid):
         )
     broker = redis.Redis.from_url(celery_env.broker_url)
     deadline = time.monotonic() + 5
-    while broker.llen("celery") and time.monotonic() < deadline:
+    while broker.llen(queue) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert broker.llen("celery") == 0  # the worker took the message off the queue ...
+    assert broker.llen(queue) == 0  # the worker took the message off the queue ...
     time.sleep(0.5)
     assert calls(iid) == []  # ... and refused to run it
     # The worker is still healthy afterwards.

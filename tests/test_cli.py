@@ -28,7 +28,7 @@ from click.testing import CliRunner, Result
 
 from polaris_celery import status as st
 from polaris_celery.cli import cli
-from polaris_celery.devserver import RedisServer, free_port
+from polaris_celery.testing import RedisServer, free_port
 
 from .test_compose import BIN, ROOT, base_env, started
 

@@ -15,7 +15,7 @@ import redis
 
 import polaris_celery as pc
 from polaris_celery.coordinator import Coordinator, RunRef
-from polaris_celery.devserver import RedisCluster, RedisServer
+from polaris_celery.testing import RedisCluster, RedisServer
 
 from . import scenarios
 from .conftest import ClusterEnv

@@ -14,8 +14,9 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from redis.exceptions import MovedError
 
-from polaris_celery.devserver import SLOTS, RedisCluster, RedisServer
 from polaris_celery.errors import ConfigurationError
+from polaris_celery.testing import RedisCluster, RedisServer
+from polaris_celery.testing.cluster import SLOTS
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import tomllib
 
-from polaris_celery.devserver import free_port
+from polaris_celery.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisServer
+from polaris_celery.testing import RedisServer
 
 from .apps import probe_app
 from .workers import worker_process

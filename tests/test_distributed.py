@@ -221,7 +221,7 @@ def test_inline_on_runs_a_lone_successor_without_a_message(celery_env: CeleryEnv
 
 
 def test_store_outage_is_a_clear_error(iid):
-    from polaris_celery.devserver import RedisServer
+    from polaris_celery.testing import RedisServer
 
     with RedisServer() as server:
         app = make_app(server.url, name="outage")

@@ -19,7 +19,7 @@ import pytest
 from celery import Celery
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisServer, free_port
+from polaris_celery.testing import RedisServer, free_port
 from worker.cab_ride import (
     ArrivedAtDestination,
     CabbieArrived,

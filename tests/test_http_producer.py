@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from polaris_celery.devserver import free_port
+from polaris_celery.testing import free_port
 
 from .workers import REPO, worker_process
 

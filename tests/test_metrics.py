@@ -20,11 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import polaris_celery as pc
 from polaris_celery import metrics, transitions
 from polaris_celery.coordinator import Coordinator
-from polaris_celery.devserver import RedisServer, free_port
 from polaris_celery.graph import Graph
 from polaris_celery.instance import Settings
 from polaris_celery.layout import Snapshot
 from polaris_celery.machine import Step
+from polaris_celery.testing import RedisServer, free_port
 from tests.apps.observed_app import D, Go, Observed
 
 from .test_compose import base_env, started, wait_http

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import polaris_celery as pc
-from polaris_celery.devserver import RedisServer
 from polaris_celery.status import read_log
+from polaris_celery.testing import RedisServer
 from tests.apps.observed_app import D, Go, Observed, span_json
 
 from .test_compose import base_env, started

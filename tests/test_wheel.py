@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from polaris_celery.devserver import RedisServer
+from polaris_celery.testing import RedisServer
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]
 

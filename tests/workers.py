@@ -8,7 +8,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from polaris_celery.devserver import celery_worker
+from polaris_celery.testing import celery_worker
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -385,18 +385,19 @@ class CeleryExecutor:
             spec = self.registry.graph(d.workflow, d.version).specs[d.builder]
             kwargs = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
                       "version": d.version, "inc": d.incarnation}
-            self.app.send_task(
-                task_name(d.workflow, d.builder),
-                kwargs=kwargs,
-                queue=spec.queue,
-                countdown=d.countdown or None,
-                # No result backend round trips, and Flower's argument summary without
-                # Celery's saferepr.
-                ignore_result=True,
-                argsrepr="()",
-                kwargsrepr=repr(kwargs),
-                headers=tracing.headers(),  # observe: the run's trace context
-            )
+            for _ in range(faults.copies("send", d)):  # >1 only in chaos tests
+                self.app.send_task(
+                    task_name(d.workflow, d.builder),
+                    kwargs=kwargs,
+                    queue=spec.queue,
+                    countdown=d.countdown or None,
+                    # No result backend round trips, and Flower's argument summary without
+                    # Celery's saferepr.
+                    ignore_result=True,
+                    argsrepr="()",
+                    kwargsrepr=repr(kwargs),
+                    headers=tracing.headers(),  # observe: the run's trace context
+                )
 
 
 def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:

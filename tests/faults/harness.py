@@ -1,25 +1,21 @@
-"""Real parts for the fault tests: private redis-servers, `celery worker` processes, a TCP proxy.
+"""Real parts for the fault tests: private redis-servers and `celery worker` processes (from the
+shared launchers in `polaris_celery.testing`), and a TCP proxy that loses replies.
 
-Every process here is started by this module in a session of its own and ended by its pid or
-process group (which contains only what it started), never by name.
+Every process here is started in a session of its own and ended by its pid or process group
+(which contains only what it started), never by name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from polaris_celery.devserver import RedisServer, free_port
+from polaris_celery.testing import RedisServer, WorkerProcess, free_port
 
 from . import app as fapp
 from .invariants import Checker
@@ -27,110 +23,15 @@ from .invariants import Checker
 REPO = Path(__file__).resolve().parents[2]
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc (no psutil on a fresh machine)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may hold spaces, so split after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
-class Worker:
-    """One `celery -A tests.faults.app worker` process group."""
+class Worker(WorkerProcess):
+    """One `celery -A tests.faults.app worker` process group, its log kept in the test's
+    directory (and printed when the test fails); node names count its restarts."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, *, pool: str = "prefork",
                  concurrency: int = 2) -> None:
-        self.name = name
-        self.env = env
-        self.log_path = log_dir / f"worker-{name}.log"
-        self.pool = pool
-        self.concurrency = concurrency
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.generation = 0
-
-    def start(self) -> Worker:
-        self.generation += 1
-        node = f"{self.name}-{self.generation}@faults"
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.faults.app", "worker",
-               "-P", self.pool, "-c", str(self.concurrency), "-n", node, "-l", "INFO",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        log.write(f"\n===== start {node} =====\n".encode())
-        log.flush()
-        try:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        finally:
-            log.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._ready_since_start(self.log_path.read_bytes()):
-                return
-            if not self.alive():
-                raise AssertionError(f"worker {self.name} exited at start:\n{self.tail()}")
-            time.sleep(0.1)
-        raise AssertionError(f"worker {self.name} not ready within {timeout}s:\n{self.tail()}")
-
-    def _ready_since_start(self, text: bytes) -> bool:
-        marker = f"===== start {self.name}-{self.generation}@faults =====".encode()
-        return b" ready." in text[text.rfind(marker):]
-
-    def children(self) -> list[int]:
-        return children_of(self.pid) if self.alive() else []
-
-    def kill_child(self, rng: random.Random) -> int | None:
-        """SIGKILL one prefork child (the pool replaces it); returns its pid."""
-        kids = self.children()
-        if not kids:
-            return None
-        victim = rng.choice(kids)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-        return victim
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker: main process and pool children, as a lost machine."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def count(self, needle: str) -> int:
-        try:
-            return self.log_path.read_text(errors="replace").count(needle)
-        except OSError:
-            return 0
+        super().__init__("tests.faults.app", env, name=name, node="{name}-{generation}@faults",
+                         pool=pool, concurrency=concurrency, cwd=REPO,
+                         log_path=log_dir / f"worker-{name}.log", inherit_env=False)
 
 
 class Cluster:

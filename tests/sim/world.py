@@ -18,9 +18,9 @@ from typing import Any
 
 import polaris_celery as pc
 from polaris_celery.coordinator import Coordinator
-from polaris_celery.devserver import RedisServer
 from polaris_celery.errors import PolarisError, StoreUnavailable
 from polaris_celery.instance import Settings
+from polaris_celery.testing import RedisServer
 
 from . import compat, flows, invariants
 from .faults import Crash, FaultPlan, Faults, SimStore, crash_points
