@@ -42,7 +42,7 @@ from .graph import Graph
 from .hooks import NO_HOOKS, HookInfo, Hooks
 from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion, lease_field, running_lease
 from .invoke import Outcome, attempt, failed
-from .layout import Keys, Snapshot, Want
+from .layout import Keys, Snapshot
 from .machine import Machine, Step, input_names
 from .observe import Observer, Observers  # observe
 from .registry import Registry, check_instance_id
@@ -238,10 +238,11 @@ class Coordinator:
                      budget_ends=now + task_budget(spec.time_limit))
         ends = now + spec.time_limit + self.settings.lease_grace
         data_names, run_names = input_names(graph, builder)
+        want = reads.commit(graph, run, builder)  # read now, for a commit with nothing changed
         status, snap, raw = self._retrying(lambda: self.store.begin(
             k, incarnation, lease_field(run, builder), token,
             running_lease(token, ends, task.claim), ends, task.claim, data_names, run_names,
-            run, sorted(reads.claim(graph, run, builder))))
+            run, sorted(reads.claim(graph, run, builder) | want.fields), sorted(want.data)))
         if status != "ok" or snap is None:
             log.info("polaris: skipped %s/%s run %s %s attempt %s: %s",
                      workflow, instance_id, run, builder, token, status)
@@ -282,8 +283,12 @@ class Coordinator:
         # Names this commit, so a retry after a lost reply recognises it as already applied.
         once = f"{task.claim}/{c.run}/{c.builder}/{c.token}"
         want = reads.commit(graph, c.run, c.builder)
+        # First from what the claim read (or what the step that claimed it wrote): if nothing
+        # changed since, the commit costs one round trip; else it reads again, fenced as ever.
+        seen: Snapshot | None = c.snap
         while True:
-            snap, _ = self._retrying(functools.partial(self.store.view, k, want))
+            snap = seen or self._retrying(functools.partial(self.store.view, k, want))[0]
+            seen = None
             if InstanceDoc.version_of(snap) not in (0, graph.version) or snap.inc != c.snap.inc:
                 self._observe_finished(c, out, committed=False)  # observe
                 return None  # deleted, or restarted on another version
@@ -302,7 +307,9 @@ class Coordinator:
                     inline_claim=task.claim if self.settings.inline else None,
                     may_inline=may_inline, now=now)
             except NeedMore as more:
-                want = reads.grow(want, more)
+                # From the claim's snapshot anything may be missing; from a read of `want`,
+                # only what `want` lacked (grow insists on that, so no decision loops).
+                want = reads.grow(want, more, strict=snap is not c.snap)
                 continue
             if step is None:
                 log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
@@ -343,13 +350,17 @@ class Coordinator:
         else:
             raw = {n: v for n, v in zip(data_names, got[0], strict=False) if v is not None}
             raw.update({n: v for n, v in zip(run_names, got[1], strict=False) if v is not None})
-        if "before" in self.hooks:  # it needs to know which inputs are new: read that
-            fields = reads.claim(graph, c.run, inline)
-            next_snap, _ = self._retrying(lambda: self.store.view(k, Want(frozenset(fields))))
-        else:  # what this step wrote is all it needs: the claim is its own
-            token = field_name("a", c.run, inline)
-            next_snap = Snapshot(snap.version + 1, step.doc, snap.inc, {token: "1"},
-                                 frozenset((token,)))
+        want = step.inline_want
+        assert want is not None
+        if got is None:  # the reply was lost: read what it would have said
+            next_snap, _ = self._retrying(lambda: self.store.view(k, want))
+        else:  # read by the very script that claimed it, after its writes
+            fields = sorted(want.fields)
+            data = sorted(want.data)
+            next_snap = Snapshot(
+                snap.version + 1, step.doc, snap.inc,
+                {f: x.decode() for f, x in zip(fields, got[2], strict=True) if x is not None},
+                frozenset(fields), {d: bool(x) for d, x in zip(data, got[3], strict=True)})
         return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
 
     def _observe_finished(self, c: _Claimed, out: Outcome, committed: bool) -> None:  # observe

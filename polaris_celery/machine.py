@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import reads
 from .frontier import BuilderError, RunState, header_name
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
-from .layout import Effects, Keys, Ops, Snapshot
+from .layout import Effects, Keys, Ops, Snapshot, Want
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Step:
     sends: list[Dispatch] = field(default_factory=list)
     inline: str | None = None  # a successor claimed by this step, to run in the same process
     doc: str = ""  # the document as this step writes it
+    inline_want: Want | None = None  # what the reply reads for the inline successor
     fx: Effects = field(default_factory=Effects)  # on the keys shared by every instance
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
     settled: list[int] = field(default_factory=list)  # runs this step settled (after_run hooks)
@@ -102,6 +104,12 @@ class Machine:
                 # cas.lua's HMGET needs at least one field; a dummy one reads back as nil.
                 step.ops.add("HMGET", k.data, *(data_names or ["\x00"]))
                 step.ops.add("HMGET", k.run(inc, run.id), *(run_names or ["\x00"]))
+                # ... and, as the step leaves it, what the successor's own claim and commit
+                # will read (reads.py): it decides from this reply, fenced on the next version.
+                want = reads.commit(graph, run.id, b)
+                step.inline_want = Want(want.fields | reads.claim(graph, run.id, b), want.data)
+                step.ops.add("HMGET", k.state, *sorted(step.inline_want.fields))
+                step.ops.add("HEXISTSM", k.data, *sorted(step.inline_want.data))
                 self.index(k, step, deadline)
                 step.inline = b
                 return

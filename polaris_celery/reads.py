@@ -36,8 +36,9 @@ def _inputs(graph: Graph, run: int, consumers: Iterable[str]) -> tuple[set[str],
     return fields, data
 
 
-def commit(graph: Graph, run: int, builder: str) -> Want:
-    """What committing `builder` in `run` reads."""
+def commit(graph: Graph, run: int, builder: str, hops: int = 2) -> Want:
+    """What committing `builder` in `run` reads; with `hops=2` also what committing each of
+    its successors reads, so that one run inline decides from what this commit saw."""
     spec = graph.specs[builder]
     fields = {header_name(run), *(field_name(k, run, builder) for k in "afl")}
     name = spec.produces_name
@@ -46,7 +47,11 @@ def commit(graph: Graph, run: int, builder: str) -> Want:
     for c in consumers:
         fields.update((field_name("a", run, c), field_name("x", run, c)))
     more, data = _inputs(graph, run, consumers)
-    return Want(frozenset(fields | more), frozenset(data))
+    want = Want(frozenset(fields | more), frozenset(data))
+    if hops > 1 and len(consumers) == 1:  # only a lone successor may run inline
+        nxt = commit(graph, run, consumers[0], hops - 1)
+        want = Want(want.fields | nxt.fields, want.data | nxt.data)
+    return want
 
 
 def submit(graph: Graph, delta: Mapping[str, bytes]) -> Want:
@@ -64,5 +69,10 @@ def claim(graph: Graph, run: int, builder: str) -> set[str]:
             *(field_name("n", run, n) for n in graph.specs[builder].readable_names)}
 
 
-def grow(want: Want, more: NeedMore) -> Want:
+def grow(want: Want, more: NeedMore, strict: bool = True) -> Want:
+    """`want` and what a decision asked for besides. `strict`: the decision was made from a
+    read of `want` itself, so it must have asked for something new (else it would loop)."""
+    if not strict:
+        return Want(want.fields | more.fields, want.data | more.data, want.whole or more.whole,
+                    want.names)
     return want.more(more.fields, more.data, more.whole)

@@ -2,7 +2,10 @@
 -- KEYS: state hash, data hash, lease hash, run hash (run results and transients), and on a
 --       single node the instance's index bucket (a cluster touches it apart: other slot).
 -- ARGV: lease field, token, lease value when running, claim id, incarnation, lease deadline,
---       index member, #data names, #state fields, data names..., state fields..., run names...
+--       index member, #data names, #state fields, #existence checks, data names...,
+--       state fields..., data names whose existence is asked..., run names...
+-- It also reads what the attempt's commit will most likely need (reads.py), so that a commit
+-- with nothing else changed meanwhile is decided from this reply and costs one round trip.
 -- The claim moves the lease from queued ("token|q|deadline|resends") to running
 -- ("token|r|deadline|claim") and brings the instance's index entry forward to the running
 -- lease's deadline, so a crashed attempt is looked at when its lease ends. Asked again with the
@@ -23,10 +26,15 @@ end
 local state = redis.call('HMGET', KEYS[1], 'v', 'doc')
 local n = tonumber(ARGV[8])
 local m = tonumber(ARGV[9])
+local e = tonumber(ARGV[10])
 local data = {}
 local fields = {}
+local exists = {}
 local run = {}
-if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 10, 9 + n)) end
-if m > 0 then fields = redis.call('HMGET', KEYS[1], unpack(ARGV, 10 + n, 9 + n + m)) end
-if #ARGV > 9 + n + m then run = redis.call('HMGET', KEYS[4], unpack(ARGV, 10 + n + m, #ARGV)) end
-return {'ok', state[1] or '0', state[2] or '', fields, data, run}
+if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 11, 10 + n)) end
+if m > 0 then fields = redis.call('HMGET', KEYS[1], unpack(ARGV, 11 + n, 10 + n + m)) end
+for i = 11 + n + m, 10 + n + m + e do exists[#exists + 1] = redis.call('HEXISTS', KEYS[2], ARGV[i]) end
+if #ARGV > 10 + n + m + e then
+  run = redis.call('HMGET', KEYS[4], unpack(ARGV, 11 + n + m + e, #ARGV))
+end
+return {'ok', state[1] or '0', state[2] or '', fields, data, run, exists}

@@ -5,7 +5,8 @@
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
 --   ONCE k field value     written (HSET) with the rest; on a conflict, if k already holds it,
 --                          the caller's write was applied before (its reply was lost): {2, v}
---   HMGET / HKEYS          reads whose replies are returned, in order
+--   HMGET / HKEYS          reads whose replies are returned, in order (after the writes)
+--   HEXISTSM k f1 f2 ...   a read: HEXISTS of each field, as a list of 0/1
 --   anything in WRITES     executed as is
 -- Reply: {1, version, reads} when applied, {0, version} on a conflict (the caller reads again
 -- what its decision needs: view.lua).
@@ -38,17 +39,26 @@ for _, op in ipairs(ops) do
     if (redis.call('HGET', op[2], op[3][1]) or '') ~= op[3][2] then return conflict() end
   end
 end
+for _, op in ipairs(ops) do
+  local name = op[1]
+  if name == 'ONCE' then
+    redis.call('HSET', op[2], op[3][1], op[3][2])
+  elseif WRITES[name] then
+    redis.call(name, op[2], unpack(op[3]))
+  elseif name ~= 'EXPECT' and name ~= 'HMGET' and name ~= 'HKEYS' and name ~= 'HEXISTSM' then
+    return redis.error_reply('polaris cas: operation not allowed: ' .. name)
+  end
+end
+-- Reads come after every write: they see the state as this step leaves it.
 local reads = {}
 for _, op in ipairs(ops) do
   local name = op[1]
   if name == 'HMGET' or name == 'HKEYS' then
     reads[#reads + 1] = redis.call(name, op[2], unpack(op[3]))
-  elseif name == 'ONCE' then
-    redis.call('HSET', op[2], op[3][1], op[3][2])
-  elseif WRITES[name] then
-    redis.call(name, op[2], unpack(op[3]))
-  elseif name ~= 'EXPECT' then
-    return redis.error_reply('polaris cas: operation not allowed: ' .. name)
+  elseif name == 'HEXISTSM' then
+    local got = {}
+    for _, f in ipairs(op[3]) do got[#got + 1] = redis.call('HEXISTS', op[2], f) end
+    reads[#reads + 1] = got
   end
 end
 return {1, v, reads}

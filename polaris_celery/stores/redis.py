@@ -314,7 +314,7 @@ class RedisStore:
     def begin(
         self, k: Keys, inc: str, field: str, token: int, lease_value: str, lease_ends: float,
         claim: str, data_names: Sequence[str], run_names: Sequence[str], run: int,
-        fields: Sequence[str] = (),
+        fields: Sequence[str] = (), exists: Sequence[str] = (),
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
         """Claim a queued attempt and load its inputs: (status, snapshot of the document and
         of the state `fields`, name -> raw).
@@ -328,7 +328,8 @@ class RedisStore:
             lambda: self._begin(
                 keys=keys,
                 args=[field, token, lease_value, claim, inc, f"{lease_ends:.3f}", k.member,
-                      len(data_names), len(fields), *data_names, *fields, *run_names],
+                      len(data_names), len(fields), len(exists), *data_names, *fields, *exists,
+                      *run_names],
             ),
             "starting a builder",
         )
@@ -339,7 +340,8 @@ class RedisStore:
             _wrap(lambda: self.shared.touch(k.member, lease_ends), "touching the index")
         snap = Snapshot(int(reply[1]), _text(reply[2]), inc,
                         {f: _text(x) for f, x in zip(fields, reply[3], strict=True)
-                         if x is not None}, frozenset(fields))
+                         if x is not None}, frozenset(fields),
+                        {d: bool(x) for d, x in zip(exists, reply[6], strict=True)})
         raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
         raw.update({n: v for n, v in zip(run_names, reply[5], strict=True) if v is not None})
         return status, snap, raw
