@@ -120,9 +120,11 @@ class Fields:
             raise NeedMore(whole=True)
 
     def get(self, name: str) -> str | None:
-        if name in self.dirty:
-            return self.dirty[name]
-        self.need((name,))
+        dirty = self.dirty
+        if name in dirty:
+            return dirty[name]
+        if self.known is not None and name not in self.known:
+            raise NeedMore(fields=(self.full(name),))
         return self.values.get(name)
 
     def put(self, name: str, value: str | None) -> None:
@@ -345,11 +347,14 @@ class RunState:
         # Ask for everything this pass may read at once, so a partial view costs one more read
         # at most per kind, not one per candidate.
         fresh = [b for b in ordered if b not in before]
-        self.fields.need([f"a:{b}" for b in fresh] + [f"x:{b}" for b in fresh])
+        partial = not self.fields.complete
+        if partial:
+            self.fields.need([f"a:{b}" for b in fresh] + [f"x:{b}" for b in fresh])
         fresh = [b for b in fresh if self.token(b) is None and self.fields.get(f"x:{b}") is None]
         active_up = {b: self._active_upstream(graph, b) for b in fresh}
         active_up.update(before)
-        self._need_inputs(graph, present, [b for b, n in active_up.items() if not n])
+        if partial or isinstance(present, Presence):
+            self._need_inputs(graph, present, [b for b, n in active_up.items() if not n])
         # Bits of the builders pending in this pass beyond the active ones (waiting, or found
         # ready), per component: a candidate with one of them upstream waits too.
         pending: dict[int, int] = {}
@@ -389,18 +394,15 @@ class RunState:
         presence of lasting data, and whether transients are new in this run."""
         names = {n for b in builders for n in graph.specs[b].consume_names}
         fields = [f"n:{n}" for n in names if n in graph.transients]
-        data = [n for n in names if n not in graph.transients]
-        asked = NeedMore()
+        missing_fields: frozenset[str] = frozenset()
         try:
             self.fields.need(fields)
         except NeedMore as e:
-            asked = e
-        if isinstance(present, Presence):
-            missing = present.missing(data)
-            if missing:
-                asked = NeedMore(asked.fields, missing)
-        if asked.fields or asked.data:
-            raise asked
+            missing_fields = e.fields
+        missing = present.missing(n for n in names if n not in graph.transients) \
+            if isinstance(present, Presence) else []
+        if missing_fields or missing:
+            raise NeedMore(missing_fields, missing)
 
     # -- storage (the distributed executor keeps runs in the instance's state hash) ------------
 
