@@ -30,6 +30,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from redis.cluster import RedisCluster
+
 from ..layout import Effects, Ops
 
 #: Buckets of each shared key: enough to spread over a cluster's primaries and keep each small.
@@ -75,6 +77,7 @@ class Shared:
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self.one_node = not isinstance(client, RedisCluster)
         self._touch = client.register_script(_TOUCH)
         self._settle = client.register_script(_SETTLE)
         self._end = client.register_script(_END_RETIRING)
@@ -104,7 +107,18 @@ class Shared:
         make sure none is retired or being retired (returns one that is)."""
         for workflow, version in fx.pins:
             key = self.live(workflow, version, bucket(member))
-            self.client.sadd(key, instance_id)
+            if self.one_node:
+                # One round trip: a connection's commands run in order, so the instance is in
+                # the set before the checks read (a cluster spreads them over nodes: apart).
+                pipe = self.client.pipeline(transaction=False)
+                pipe.sadd(key, instance_id)
+                pipe.sismember(self.retired_key(workflow), version)
+                pipe.exists(self.pending_key(workflow, version))
+                _, gone, pending = pipe.execute()
+                if not gone and not pending:
+                    continue
+            else:
+                self.client.sadd(key, instance_id)
             try:
                 retired = self._retired(workflow, version, sleep)
             except BaseException:

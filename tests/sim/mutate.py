@@ -57,7 +57,10 @@ M["c05"] = [rep("polaris_celery/instance.py",
 M["c06"] = [rep("polaris_celery/stores/shared.py",
     "        waited = 0.0\n        while True:\n",
     "        return False  # MUTATION c06: submits never see a retirement\n"
-    "        waited = 0.0\n        while True:\n")]
+    "        waited = 0.0\n        while True:\n"),
+    rep("polaris_celery/stores/shared.py",
+    "                if not gone and not pending:\n",
+    "                if True:  # MUTATION c06 (the one-round-trip check too)\n")]
 M["c06b"] = [rep("polaris_celery/lifecycle.py",
     '''        status, _ = c.store.cas(transitions.bump(k, snap), snap, k)
         if status == "applied":
