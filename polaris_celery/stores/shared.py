@@ -108,9 +108,9 @@ class Shared:
         for workflow, version in fx.pins:
             key = self.live(workflow, version, bucket(member))
             if self.one_node:
-                # One round trip: a connection's commands run in order, so the instance is in
-                # the set before the checks read (a cluster spreads them over nodes: apart).
-                pipe = self.client.pipeline(transaction=False)
+                # One round trip (MULTI/EXEC): the instance is in the set before the checks
+                # read (a cluster spreads these keys over nodes: there they go apart).
+                pipe = self.client.pipeline(transaction=True)
                 pipe.sadd(key, instance_id)
                 pipe.sismember(self.retired_key(workflow), version)
                 pipe.exists(self.pending_key(workflow, version))
