@@ -162,6 +162,7 @@ class Coordinator:
         digest = _digest(newest_delta)
         k = self.store.keys(workflow, instance_id)
         want = reads.submit(newest, newest_delta)
+        trace = self.observer.run_context()  # observe: kept with the run (tracing.py)
         while True:
             snap, seen = self.store.view(k, want, delta_id)
             if seen is not None:
@@ -175,7 +176,7 @@ class Coordinator:
                 step, run = transitions.submit(
                     self.machine, graph, k, snap, doc, inc, delta,
                     "{run}|" + digest if delta_id is not None else None, delta_id, deadline,
-                    self.clock())
+                    self.clock(), trace)
             except NeedMore as more:
                 want = reads.grow(want, more)
                 continue

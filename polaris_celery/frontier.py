@@ -183,6 +183,7 @@ class RunState:
     delta_id: str | None = None
     started: float = 0.0
     closed: str | None = None  # "cancelled", "timed_out" or "deleted" when the instance closed
+    trace: str | None = None  # the run's trace context, opaque (tracing.py); None: untraced
     # Waiting builders -> how many of their ancestors are active (kept up to date as builders
     # start and finish, so re-examining one costs no reads).
     waiting: dict[str, int] = field(default_factory=dict)
@@ -421,6 +422,8 @@ class RunState:
             d["closed"] = self.closed
         if self.passed:
             d["passed"] = self.passed
+        if self.trace is not None:
+            d["trace"] = self.trace
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod
@@ -438,6 +441,7 @@ class RunState:
             n_produced=int(d.get("produced", 0)),
             fields=fields,
             passed=int(d.get("passed", 0)),
+            trace=d.get("trace"),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Dispatch:
     countdown: float = 0.0
     version: int = 1
     incarnation: str = ""
+    trace: str | None = None  # observe: the run's trace context (RunState.trace)
 
 
 @dataclass(frozen=True)

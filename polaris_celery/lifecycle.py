@@ -19,6 +19,7 @@ from .graph import Graph
 from .instance import InstanceDoc
 from .layout import Snapshot
 from .machine import Machine, Step
+from .observe import Observer
 from .registry import Registry, check_instance_id
 from .result import RunRef
 from .stores.redis import RedisStore
@@ -31,6 +32,7 @@ class Instances(Protocol):
     store: RedisStore
     machine: Machine
     clock: Callable[[], float]
+    observer: Observer
 
     def change(self, workflow: str, instance_id: str,
                decide: Callable[[Graph, Snapshot], Step | None], seen: float | None = None
@@ -63,6 +65,7 @@ def restart(c: Instances, workflow: str, instance_id: str, keep_data: bool = Tru
     newest = _checked(c, workflow, instance_id)
     k = c.store.keys(workflow, instance_id)
     started: list[RunRef] = []
+    trace = c.observer.run_context()  # observe: kept with the new run (tracing.py)
 
     def decide(graph: Graph, snap: Snapshot) -> Step | None:
         inputs: dict[str, bytes] | None = None
@@ -70,7 +73,7 @@ def restart(c: Instances, workflow: str, instance_id: str, keep_data: bool = Tru
             raw = c.store.read_data(workflow, instance_id,
                                     sorted(n for n in newest.inputs if n in (snap.names or ())))
             inputs = {n: codec.encode(codec.decode(newest, n, v)) for n, v in raw.items()}
-        got = transitions.restart(c.machine, graph, newest, k, snap, inputs, c.clock())
+        got = transitions.restart(c.machine, graph, newest, k, snap, inputs, c.clock(), trace)
         if got is None:
             return None
         step, run = got
@@ -136,8 +139,10 @@ def look(c: Instances, workflow: str, instance_id: str, seen: float, counts: dic
          ) -> None:
     """The reconciler's look at one instance (see recovery.py for which, and when)."""
     k = c.store.keys(workflow, instance_id)
+    inc: list[str] = [""]  # observe: the incarnation the applied step was decided from
 
     def decide(graph: Graph, snap: Snapshot) -> Step | None:
+        inc[0] = snap.inc
         if not snap.exists:  # deleted or expired: only its index entry was left
             return transitions.forget(c.machine, k)
         return transitions.look(c.machine, graph, k, snap, c.store.leases(k), c.clock())
@@ -147,3 +152,4 @@ def look(c: Instances, workflow: str, instance_id: str, seen: float, counts: dic
     if step is not None:
         counts["lost"] += len(step.failures)
         counts["resent"] += len(step.sends) - len(step.failures)
+        c.observer.recovered(workflow, instance_id, inc[0], step)  # observe

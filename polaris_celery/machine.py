@@ -40,10 +40,12 @@ class Step:
     failures: list[tuple[RunState, str, int, BuilderError]] = field(default_factory=list)
     settled: list[int] = field(default_factory=list)  # runs this step settled (after_run hooks)
     outcomes: list[str] = field(default_factory=list)  # observe: statuses of runs it settled
+    ended: list[RunState] = field(default_factory=list)  # observe: the runs it settled
+    instance_id: str = ""  # observe: whose step it is
 
 
 def new_step(k: Keys) -> Step:
-    return Step(Ops(k.state, k.data))
+    return Step(Ops(k.state, k.data), instance_id=k.instance_id)
 
 
 class Machine:
@@ -122,7 +124,7 @@ class Machine:
         step.ops.hset(k.lease, {lease_field(run.id, builder): queued_lease(token, deadline)})
         self.index(k, step, deadline)
         step.sends.append(Dispatch(graph.key, k.instance_id, run.id, builder, token, delay,
-                                   version=graph.version, incarnation=inc))
+                                   version=graph.version, incarnation=inc, trace=run.trace))
 
     def failed(self, graph: Graph, k: Keys, inc: str, run: RunState, builder: str,
                token: int, error: BuilderError, step: Step, now: float) -> None:
@@ -173,6 +175,7 @@ class Machine:
             step.ops.add("HDEL", k.state, *gone)
         step.settled.append(run.id)
         step.outcomes.append(run.outcome)  # observe: for the runs-settled metric
+        step.ended.append(run)  # observe: for the run's span
         if run.target_hit:
             doc.completed = True
         outcome: dict[str, Any] = {

@@ -8,13 +8,16 @@ Names follow Prometheus' conventions, prefixed `polaris_`:
 | `polaris_attempts_total` | counter | workflow, builder, outcome |
 | `polaris_runs_settled_total` | counter | workflow, status |
 | `polaris_cas_conflicts_total` | counter | workflow |
-| `polaris_reconciler_resends_total` | counter | |
-| `polaris_lease_expiries_total` | counter | |
+| `polaris_reconciler_resends_total` | counter | workflow, builder |
+| `polaris_lease_expiries_total` | counter | workflow, builder |
 | `polaris_instances_in_flight` | gauge | |
 
 `outcome` is one of produced, nothing (the builder returned None), failed, superseded (its
 commit was refused: another attempt or a lifecycle change came first). `status` is a settled
-run's outcome (completed, paused, failed, cancelled, timed_out, deleted). The in-flight gauge is
+run's outcome (completed, paused, failed, cancelled, timed_out, deleted). A re-send is a builder
+message the reconciler sent again because it was overdue (lost, or queued behind a backlog); a
+lease expiry an attempt it found lost (its worker gone, or past its time limit), which it runs
+again under a new token (not counted as a re-send). The in-flight gauge is
 read from the store when scraped: the instances the reconciler watches (a run in flight, or a
 deadline pending).
 
@@ -34,7 +37,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConfigurationError
@@ -125,9 +128,11 @@ class Metrics(Observer):
             "cas_conflicts", "Fenced writes refused because the instance changed meanwhile "
             "(decided again from the newer state).", ["workflow"], **kw)
         self.resends = pc.Counter(
-            "reconciler_resends", "Builder messages the reconciler sent again (overdue).", **kw)
+            "reconciler_resends", "Builder messages the reconciler sent again (overdue).",
+            ["workflow", "builder"], **kw)
         self.expiries = pc.Counter(
-            "lease_expiries", "Attempts the reconciler found lost (their lease ran out).", **kw)
+            "lease_expiries", "Attempts the reconciler found lost (their lease ran out).",
+            ["workflow", "builder"], **kw)
 
     def finished(self, workflow: str, instance_id: str, run: int, builder: str, token: int,
                  outcome: Outcome, committed: bool) -> None:
@@ -142,12 +147,13 @@ class Metrics(Observer):
     def conflict(self, workflow: str) -> None:
         self.conflicts.labels(workflow).inc()
 
-    def reconciled(self, counts: Mapping[str, int]) -> None:
-        """Adds one reconciler pass's counts (`Coordinator.reconcile`'s answer)."""
-        if counts.get("resent"):
-            self.resends.inc(counts["resent"])
-        if counts.get("lost"):
-            self.expiries.inc(counts["lost"])
+    def recovered(self, workflow: str, instance_id: str, incarnation: str, step: Step) -> None:
+        lost = {(run.id, builder) for run, builder, _, _ in step.failures}
+        for _, builder, _, _ in step.failures:
+            self.expiries.labels(workflow, builder).inc()
+        for d in step.sends:
+            if (d.run, d.builder) not in lost:  # a lost attempt's re-run is no re-send
+                self.resends.labels(workflow, d.builder).inc()
 
 
 def metrics() -> Metrics:

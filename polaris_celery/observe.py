@@ -1,10 +1,13 @@
 """What the coordinator tells observers: the seam between deciding and watching.
 
 The coordinator calls an `Observer` at a handful of moments (an attempt starts, an attempt's
-outcome is committed or refused, a fenced step applied, a compare-and-set lost a race), one
-line each, and knows nothing of what listens. Metrics (`metrics`), traces (`tracing`) and
-Flower's task events (`executors.flower`) are observers, so none of them reaches into the state
-machine, and the state machine's code stays free of monitoring.
+outcome is committed or refused, a fenced step applied, a compare-and-set lost a race, a
+reconciler's look recovered something), one line each, and knows nothing of what listens. It
+asks observers one question: what to keep with a new run so that its trace can be continued
+wherever it settles (`run_context`; tracing.py answers it, no one else does). Metrics
+(`metrics`), traces (`tracing`) and Flower's task events (`executors.flower`) are observers, so
+none of them reaches into the state machine, and the state machine's code stays free of
+monitoring.
 
 Observers run on the coordinator's thread, inside its loop: they must be quick and must never
 raise (`Observers` logs and swallows what one raises, so a broken exporter cannot fail a
@@ -39,6 +42,15 @@ class Observer:
 
     def conflict(self, workflow: str) -> None:
         """A compare-and-set found the instance changed meanwhile; it is decided again."""
+
+    def recovered(self, workflow: str, instance_id: str, incarnation: str, step: Step) -> None:
+        """A reconciler's look applied `step` (after `applied`): `step.failures` are attempts
+        whose lease ran out (lost), `step.sends` the builders sent again: those lost, re-run
+        under a new token, and those whose message was overdue, under the same one."""
+
+    def run_context(self) -> str | None:
+        """An opaque string to keep with a run started now (None: nothing)."""
+        return None
 
 
 def outcome_label(outcome: Outcome, committed: bool) -> str:
@@ -89,3 +101,22 @@ class Observers(Observer):
                 o.conflict(workflow)
             except Exception:
                 log.exception("polaris: observer %r failed", o)
+
+    def recovered(self, workflow: str, instance_id: str, incarnation: str, step: Step) -> None:
+        for o in self.observers:
+            try:
+                o.recovered(workflow, instance_id, incarnation, step)
+            except Exception:
+                log.exception("polaris: observer %r failed", o)
+
+    def run_context(self) -> str | None:
+        """The first observer's answer that is not None."""
+        for o in self.observers:
+            try:
+                answer = o.run_context()
+            except Exception:
+                log.exception("polaris: observer %r failed", o)
+                continue
+            if answer is not None:
+                return answer
+        return None

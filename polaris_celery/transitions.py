@@ -33,9 +33,10 @@ MAX_RESEND_WAIT = 600.0
 
 def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, inc: str,
            delta: Mapping[str, bytes], delta_record: str | None, delta_id: str | None,
-           deadline: float | None, now: float) -> tuple[Step, int]:
+           deadline: float | None, now: float, trace: str | None = None) -> tuple[Step, int]:
     """Store a delta and start its run. `inc` is the snapshot's incarnation, or a new one when
-    the instance does not exist. Raises InstanceClosed for a closed or overdue instance."""
+    the instance does not exist. Raises InstanceClosed for a closed or overdue instance.
+    `trace`: the run's trace context, kept with it (tracing.py)."""
     if doc.status != "open":
         what = "timed out at its deadline" if doc.status == "timed_out" else doc.status
         raise InstanceClosed(f"{k.member} was {what}; restart it to send it data again")
@@ -48,7 +49,8 @@ def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, 
         raise InstanceClosed(f"{k.member} completed, and its workflow closes an instance on "
                              "completion (on_complete='close'); restart it to run it again")
     if doc.completed and delta and after == "late":
-        return late(m, graph, k, snap, doc, delta, delta_record, delta_id, now), doc.next_run
+        return late(m, graph, k, snap, doc, delta, delta_record, delta_id, now, trace), \
+            doc.next_run
     if not snap.exists:
         step.ops.hset(k.state, {"inc": inc})
     m.pin(graph, k, doc, step)
@@ -63,14 +65,14 @@ def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, 
     step.ops.hset(k.data, lasting)
     if delta_id is not None and delta_record is not None:
         step.ops.hset(k.deltas, {delta_id: delta_record.format(run=doc.next_run + 1)})
-    run = start_run(m, graph, k, inc, doc, snap, delta, delta_id, step, now)
+    run = start_run(m, graph, k, inc, doc, snap, delta, delta_id, step, now, trace)
     m.seal(graph, k, snap, reopened, doc, step, now)
     return step, run
 
 
 def late(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc,
          delta: Mapping[str, bytes], delta_record: str | None, delta_id: str | None,
-         now: float) -> Step:
+         now: float, trace: str | None = None) -> Step:
     """A delta for a completed instance of an `on_complete="late"` workflow: its data are kept
     apart as late data, nothing runs, and its run ends at once as "late"."""
     step = new_step(k)
@@ -81,21 +83,22 @@ def late(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc,
     step.ops.hset(k.late, delta)
     step.ops.log(k, m.settings.log_length, ev="late", inc=snap.inc, run=doc.next_run,
                  data=",".join(sorted(delta)), at=f"{now:.6f}", by=m.worker_name)
-    run = RunState(id=doc.next_run, started=now, delta_id=delta_id, closed="late")
+    run = RunState(id=doc.next_run, started=now, delta_id=delta_id, closed="late", trace=trace)
     m.place(graph, k, snap.inc, doc, run, step, now, completed=True)
     m.seal(graph, k, snap, reopened, doc, step, now)
     return step
 
 
 def start_run(m: Machine, graph: Graph, k: Keys, inc: str, doc: InstanceDoc, snap: Snapshot,
-              delta: Mapping[str, bytes], delta_id: str | None, step: Step, now: float) -> int:
+              delta: Mapping[str, bytes], delta_id: str | None, step: Step, now: float,
+              trace: str | None = None) -> int:
     """Start the next run on `delta` (already in the data hash, or written by the caller)."""
     doc.next_run += 1
     present = presence(snap)
     for name in delta:
         present.add(name)
     run, ready = RunState.start(graph, doc.next_run, delta, present, started=now,
-                                delta_id=delta_id)
+                                delta_id=delta_id, trace=trace)
     if delta:
         doc.completed = False  # a new delta re-opens a completed instance
     step.ops.hset(k.run(inc, run.id), {n: v for n, v in delta.items() if n in graph.transients})
@@ -246,7 +249,8 @@ def look(m: Machine, graph: Graph, k: Keys, snap: Snapshot, leases: Mapping[str,
                 step.ops.hset(k.lease, {fld: queued_lease(token, now + wait, resends)})
                 next_look = min(next_look, now + wait)
                 step.sends.append(Dispatch(graph.key, k.instance_id, run.id, builder, token,
-                                           version=graph.version, incarnation=inc))
+                                           version=graph.version, incarnation=inc,
+                                           trace=run.trace))
             else:
                 limit = graph.specs[builder].time_limit
                 m.lost(graph, k, inc, run, builder, token,
@@ -282,7 +286,8 @@ def cancel(m: Machine, graph: Graph, k: Keys, snap: Snapshot, now: float) -> Ste
 
 
 def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
-            inputs: Mapping[str, bytes] | None, now: float) -> tuple[Step, int | None] | None:
+            inputs: Mapping[str, bytes] | None, now: float, trace: str | None = None
+            ) -> tuple[Step, int | None] | None:
     """Runs in flight end "cancelled" and the instance opens again on the newest version. With
     `inputs` (validated by the caller under `newest`) they start a new run at once; with None
     every datum is dropped and it waits for deltas. One step: no delta accepted meanwhile can
@@ -305,7 +310,7 @@ def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
         snap = dataclasses.replace(snap, data={}, names=frozenset())
     elif inputs:
         m.pin(newest, k, doc, step)
-        run = start_run(m, newest, k, snap.inc, doc, snap, inputs, None, step, now)
+        run = start_run(m, newest, k, snap.inc, doc, snap, inputs, None, step, now, trace)
     # The closed runs are gone from `doc`; seal as for a re-opened instance.
     m.seal(newest, k, snap, True, doc, step, now)
     return step, run

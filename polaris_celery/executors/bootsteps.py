@@ -33,6 +33,7 @@ def reconciler_step(executor: CeleryExecutor) -> type[bootsteps.StartStopStep]:
             self._thread: threading.Thread | None = None
 
         def start(self, worker: Any) -> None:
+            executor.lost_attempts.worker = worker  # observe: Flower hears of lost attempts
             self._thread = threading.Thread(target=self._loop, name="polaris-reconciler",
                                             daemon=True)
             self._thread.start()

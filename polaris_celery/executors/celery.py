@@ -150,7 +150,8 @@ class CeleryExecutor:
         self.coordinator = Coordinator(registry, self._send, self.settings, hooks=hooks)
         # Observability: Flower's task events and OpenTelemetry spans (no-ops when off), and
         # Prometheus metrics once a worker's bootstep sets them up (bootsteps.metrics_step).
-        self.observers = Observers([flower.task_events, tracing.observer()])
+        self.lost_attempts = flower.LostAttempts(app, task_name)  # set up by the reconciler
+        self.observers = Observers([flower.task_events, tracing.observer(), self.lost_attempts])
         self.coordinator.observer = self.observers
         self.metrics: metrics.Metrics | None = None  # in a worker serving them
         self.metrics_port, self.metrics_addr = metrics.address(metrics_port, metrics_addr)
@@ -187,9 +188,8 @@ class CeleryExecutor:
         deadline: seconds from now after which nothing more runs and the instance times out.
         """
         self._ensure_tasks(workflow)
-        with tracing.run_span(workflow, instance_id) as traced:  # observe: the run's span
+        with tracing.run_span(workflow, instance_id):  # observe: the run's span starts
             run = self.coordinator.submit(workflow, instance_id, data, delta_id, deadline)
-            traced(run.run)
         return RunHandle(self.coordinator, workflow, instance_id, run)
 
     async def submit_delta_async(
@@ -218,10 +218,8 @@ class CeleryExecutor:
         """Run an instance again from the beginning on the newest version, re-submitting its
         input data (keep_data=True) or dropping all its data and waiting for new deltas."""
         self._ensure_tasks(workflow)
-        with tracing.run_span(workflow, instance_id) as traced:  # observe: the run's span
+        with tracing.run_span(workflow, instance_id):  # observe: the run's span starts
             run = self.coordinator.restart(workflow, instance_id, keep_data)
-            if run is not None:
-                traced(run.run)
         return None if run is None else RunHandle(self.coordinator, workflow, instance_id, run)
 
     def delete(self, workflow: str, instance_id: str) -> None:
@@ -240,10 +238,7 @@ class CeleryExecutor:
 
     def reconcile(self) -> dict[str, int]:
         """One reconciler pass (workers run this every `reconcile_interval` by themselves)."""
-        counts = self.coordinator.reconcile()
-        if self.metrics is not None:
-            self.metrics.reconciled(counts)
-        return counts
+        return self.coordinator.reconcile()
 
     # -- tasks ------------------------------------------------------------------------------
 

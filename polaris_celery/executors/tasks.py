@@ -7,7 +7,8 @@ and what a worker does when a pool child dies mid-builder or a message names a b
 
 Task messages carry ids only (instance, run, attempt; the workflow and builder are the task's
 name), as JSON keyword arguments, so Flower shows `polaris.cab-ride.MatchCabbie(instance=...,
-run=3, attempt=1)` and never a payload.
+run=3, attempt=1)` and never a payload. The task id of a message is its attempt's
+(`flower.attempt_id`), so that whoever declares an attempt lost can name its task in Flower.
 """
 
 from __future__ import annotations
@@ -56,12 +57,15 @@ def send(app: Celery, registry: Registry, dispatches: Sequence[Dispatch]) -> Non
                 kwargs=kwargs,
                 queue=spec.queue,
                 countdown=d.countdown or None,
+                # observe: the attempt's own task id in Flower (see flower.attempt_id)
+                task_id=flower.attempt_id(d.workflow, d.instance_id, d.incarnation, d.run,
+                                          d.builder, d.token),
                 # No result backend round trips, and Flower's argument summary without
                 # Celery's saferepr.
                 ignore_result=True,
                 argsrepr="()",
                 kwargsrepr=repr(kwargs),
-                headers=tracing.headers(),  # observe: the run's trace context
+                headers=tracing.headers(d.trace),  # observe: the run's trace context
             )
 
 
@@ -168,6 +172,8 @@ class BuilderTasks:
                 _, kwargs, _ = message.decode()
                 self.app.send_task(name, kwargs=kwargs, countdown=1, retries=hops + 1,
                                    queue=(message.delivery_info or {}).get("routing_key"),
+                                   task_id=(message.headers or {}).get("id"),
+                                   headers=_trace_headers(message.headers or {}),
                                    ignore_result=True, argsrepr="()",
                                    kwargsrepr=repr(kwargs))
             except Exception as exc:  # a malformed message: rejected below
@@ -182,6 +188,13 @@ class BuilderTasks:
             f"{name}: this worker has no such workflow or builder; the message is dropped, and "
             "the reconciler of a worker that has it sends the builder again")
         log.error("polaris: %s: %s", type(rejected).__name__, rejected)
+
+
+def _trace_headers(headers: dict[str, Any]) -> dict[str, str] | None:
+    """The propagation headers of a message handed on, kept so its attempt stays in its run's
+    trace."""
+    kept = {k: str(v) for k, v in headers.items() if k in ("traceparent", "tracestate")}
+    return kept or None
 
 
 def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:

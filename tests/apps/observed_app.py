@@ -132,7 +132,8 @@ def span_json(s: Any) -> dict[str, Any]:
     return {"name": s.name, "trace": f"{ctx.trace_id:032x}", "span": f"{ctx.span_id:016x}",
             "parent": f"{parent.span_id:016x}" if parent is not None else None,
             "attributes": dict(s.attributes or {}), "status": s.status.status_code.name,
-            "pid": os.getpid()}
+            "links": [f"{link.context.span_id:016x}" for link in s.links or ()],
+            "start": s.start_time, "end": s.end_time, "pid": os.getpid()}
 
 
 if os.environ.get("POLARIS_TEST_SPANS"):
