@@ -190,3 +190,88 @@ def test_flower_shows_failed_and_inline_attempts_as_the_timeline_does(tmp_path: 
                 for key in [("MakeB", 1), ("MakeC", 1), ("MakeD", 1)]:
                     assert tasks[key]["parent_id"] in delivered, (key, tasks[key])
                 store.close()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_no_attempt_started_in_flower(tmp_path: Path) -> None:
+    """A worker SIGKILLed (parent and pool child at once) while an inline builder runs: the
+    dead process sends no more events. Once another worker's reconciler finds the lost
+    attempt's lease ran out and runs it again, Flower shows no task of the instance STARTED:
+    the delivered task whose own builder had finished is SUCCESS, the lost attempt FAILURE
+    naming its builder and AttemptLost, and the re-run, the builder that ran last, SUCCESS."""
+    import os
+    import signal
+
+    from polaris_celery.status import read_log
+    from tests.apps.observed_app import D, Go, Observed
+
+    with RedisServer() as redis:
+        store_url, broker_url = redis.url, f"redis://127.0.0.1:{redis.port}/1"
+        env = base_env(POLARIS_REDIS_URL=store_url, POLARIS_BROKER_URL=broker_url)
+        port = free_port()
+        flower_argv = ["celery", "-A", "tests.apps.observed_app", "flower", f"--port={port}",
+                       "--address=127.0.0.1"]
+
+        def worker_argv(name: str) -> list[str]:
+            return ["celery", "-A", "tests.apps.observed_app", "worker", "-E", "-n",
+                    f"{name}@%h", "--pool=prefork", "--concurrency=1", "--without-mingle",
+                    "--without-gossip", "--loglevel=INFO"]
+
+        def seen(instance: str) -> dict[tuple[str, int], dict[str, Any]]:
+            out = {}
+            for t in instance_tasks(port, instance):
+                kw = ast.literal_eval(t["kwargs"]) if t.get("kwargs") else {}
+                out[(t["name"].rsplit(".", 1)[1], kw.get("attempt", 0))] = t
+            return out
+
+        with started(flower_argv, {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+                     tmp_path / "flower.log") as flower:
+            wait_http(f"http://127.0.0.1:{port}/healthcheck", proc=flower)
+            app = Celery("flower-test-producer", broker=broker_url, set_as_current=False)
+            store = pc.RedisStore(store_url)
+            registry = pc.Registry(store)
+            registry.register("observed", Observed)
+            producer = pc.CeleryExecutor(app, registry, reconciler=False)
+            instance = f"killed-{time.time_ns()}"
+            with started(worker_argv("doomed"), env, tmp_path / "doomed.log") as doomed:
+                doomed.wait_for(" ready.")
+                wait_flower_sees_a_worker(port)
+                # MakeA is delivered; MakeB, MakeC and MakeD run inline in its task, and
+                # MakeD's first attempt sleeps 6 s (its lease ends after 2.5 s).
+                handle = producer.submit_delta("observed", instance, Go(hang=True))
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and \
+                        seen(instance).get(("MakeD", 1), {}).get("state") != "STARTED":
+                    time.sleep(0.1)
+                assert seen(instance).get(("MakeD", 1), {}).get("state") == "STARTED", \
+                    f"{seen(instance)}\n{doomed.text()[-3000:]}"
+                os.killpg(doomed.pid, signal.SIGKILL)  # the whole worker, at once
+                doomed.popen.wait(10)
+            with started(worker_argv("rescuer"), env, tmp_path / "rescuer.log") as rescuer:
+                rescuer.wait_for(" ready.")
+                assert handle.wait(30).get(D) is not None
+                log = [e for e in read_log(store, store.keys("observed", instance))
+                       if e.event == "builder"]
+                assert [(e.builder, e.attempt) for e in log][-2:] == [
+                    ("MakeD", 1), ("MakeD", 2)], log
+                assert log[-2].failed and log[-2].result == "error:AttemptLost", log[-2]
+
+                want = {("MakeA", 1): "SUCCESS", ("MakeB", 1): "SUCCESS",
+                        ("MakeC", 1): "SUCCESS", ("MakeD", 1): "FAILURE",
+                        ("MakeD", 2): "SUCCESS"}
+                deadline = time.monotonic() + 20
+                tasks = seen(instance)
+                while time.monotonic() < deadline and \
+                        {k: t.get("state") for k, t in tasks.items()} != want:
+                    time.sleep(0.25)
+                    tasks = seen(instance)
+                states = {k: t.get("state") for k, t in tasks.items()}
+                assert states == want, f"{states}\n{rescuer.text()[-3000:]}"
+                lost = tasks[("MakeD", 1)]
+                assert lost["name"] == "polaris.observed.MakeD", lost
+                assert "MakeD attempt 1: AttemptLost" in lost["exception"], lost
+                # The builder that ran last is the one Flower shows last started.
+                last = max(tasks.values(), key=lambda t: t.get("started") or 0)
+                assert last["name"] == "polaris.observed.MakeD", last
+                assert ast.literal_eval(last["kwargs"])["attempt"] == 2, last
+            store.close()
