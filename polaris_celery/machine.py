@@ -23,7 +23,15 @@ from typing import Any
 from . import reads
 from .frontier import BuilderError, RunState, header_name
 from .graph import Graph
-from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
+from .instance import (
+    REMEMBERED,
+    Dispatch,
+    InstanceDoc,
+    Settings,
+    lease_field,
+    queued_lease,
+    running_lease,
+)
 from .layout import Effects, Keys, Ops, Snapshot, Want
 
 
@@ -175,6 +183,8 @@ class Machine:
         step.outcomes.append(run.outcome)  # observe: for the runs-settled metric
         if run.target_hit:
             doc.completed = True
+        if run.outcome in REMEMBERED:
+            doc.last = run.outcome  # the instance's status (InstanceDoc.state_name)
         outcome: dict[str, Any] = {
             "run": run.id, "inc": inc, "status": run.outcome,
             "completed": run.target_hit or completed, "produced": produced,

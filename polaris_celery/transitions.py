@@ -293,7 +293,7 @@ def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
     step = new_step(k)
     m.close(old, k, snap.inc, doc, step, now, "cancelled")
     m.unpin(old.key, k, doc, step)
-    doc.status, doc.completed, doc.deadline = "open", False, None
+    doc.status, doc.completed, doc.deadline, doc.last = "open", False, None, ""
     if newest.workflow.deadline:
         doc.deadline = now + float(newest.workflow.deadline)
         m.index(k, step, doc.deadline)
