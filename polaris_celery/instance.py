@@ -93,6 +93,17 @@ class InstanceDoc:
     deadline: float | None = None
     last: str = ""  # outcome of the last run settled since creation or restart (REMEMBERED)
 
+    @staticmethod
+    def brief(raw: str) -> tuple[str, int]:
+        """The status and the run counter of a stored document ("" and 0: none), without
+        loading its runs: what a step compares to decide whether the listing changes."""
+        if not raw:
+            return "", 0
+        d = json.loads(raw)
+        doc = InstanceDoc(next_run=d["next"], open=d["runs"], completed=d["completed"],
+                          status=d.get("status", "open"), last=d.get("last", ""))
+        return doc.state_name, doc.next_run
+
     @property
     def state_name(self) -> str:
         """The instance's status (one of STATUSES), from this document alone:

@@ -12,10 +12,11 @@ the listing's repairs (a stale entry put right after its instance's state was re
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,13 +28,18 @@ from .graph import Graph
 from .instance import STATUSES, InstanceDoc
 from .layout import Snapshot
 from .registry import Registry, check_instance_id
+from .stores.listing import decode_cursor, encode_cursor, now_inc
 from .stores.redis import RedisError, RedisStore
-from .views import DatumView, ErrorView, InstancePage, InstanceView, RunView
+from .stores.shared import BUCKETS
+from .views import DatumView, ErrorView, InstancePage, InstanceSummary, InstanceView, RunView
 
 #: How many settled runs an InstanceView shows at most (the history keeps `Settings.history`).
 RUNS = 50
 #: The longest pause between two reads while waiting for a datum mid-run (seconds).
 MAX_POLL = 0.5
+#: The largest page of instances.
+MAX_LIMIT = 1000
+T = TypeVar("T")
 
 
 def _s(v: bytes | str | None) -> str:
@@ -120,23 +126,124 @@ class Query:
     def instances(self, workflow: str, *, status: str | Iterable[str] | None = None,
                   limit: int = 50, cursor: str | None = None, newest_first: bool = True
                   ) -> InstancePage:
-        """One page of the workflow's instances, ordered by when each last changed status or
-        opened or settled a run; see listing.py."""
+        """One page of the workflow's instances (those of `status`: one or several of
+        STATUSES; None: all), ordered by when each last changed status or opened or settled a
+        run, newest first unless `newest_first=False`. Pass the page's cursor back for the
+        next page (None: no more).
+
+        Reads O(limit) entries of each bucket, never the whole listing, and confirms each
+        instance from its state: an instance gone or of another status than listed is left
+        out and its entry put right. An instance that changes while it is paged through may
+        show on two pages or on none, as with any listing that moves."""
         self.registry.graph(workflow)
         wanted = _statuses(status)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= 1000:
-            raise ValueError(f"limit must be an integer from 1 to 1000, got {limit!r}")
-        del wanted, cursor, newest_first
-        return InstancePage((), None)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+        after = decode_cursor(cursor) if cursor is not None else None
+        listings = self.store.listings
+        keys = listings.keys_of(workflow, wanted)
+        items: list[InstanceSummary] = []
+        while True:
+            got, more = self._redis(functools.partial(
+                listings.candidates, keys, limit, after, newest_first), "listing")
+            ids = [e.instance_id for e in got]
+            states = self._states(workflow, ids)
+            entries = self._redis(functools.partial(listings.entries, workflow, ids), "listing")
+            for i, (e, state, entry) in enumerate(zip(got, states, entries, strict=True)):
+                after = (e.score, e.instance_id)
+                summary = self._confirm(workflow, e.instance_id, state, entry)
+                if summary is not None and (not wanted or summary.status in wanted):
+                    items.append(summary)
+                if len(items) == limit:
+                    left = more or i + 1 < len(got)
+                    return InstancePage(tuple(items), encode_cursor(*after) if left else None)
+            if not more:
+                return InstancePage(tuple(items), None)
+
+    def _states(self, workflow: str, ids: list[str]) -> list[tuple[int, str, str]]:
+        """(v, inc, doc) of each instance's state ("" doc: gone)."""
+
+        def go() -> list[tuple[int, str, str]]:
+            pipe = self.store.client.pipeline(transaction=False)
+            for instance_id in ids:
+                pipe.hmget(self.store.keys(workflow, instance_id).state, ["v", "inc", "doc"])
+            return [(int(v or 0), _s(inc), _s(doc)) for v, inc, doc in pipe.execute()]
+
+        return self._redis(go, "reading instances")
+
+    def _confirm(self, workflow: str, instance_id: str, state: tuple[int, str, str],
+                 entry: str | None) -> InstanceSummary | None:
+        """The instance as its state says, its listing entry put right if that says otherwise
+        (None: it is gone)."""
+        v, inc, raw = state
+        listings = self.store.listings
+        if not raw:
+            self._redis(lambda: listings.move(workflow, instance_id, now_inc(), 0, "", 0.0),
+                        "repairing the listing")
+            return None
+        d = json.loads(raw)
+        status = InstanceDoc.brief(raw)[0]
+        updated = float(d.get("updated", 0.0))
+        if entry is None or entry.rsplit("|", 1)[-1] != status:
+            self._redis(lambda: listings.move(workflow, instance_id, inc, v, status, updated),
+                        "repairing the listing")
+        return InstanceSummary(workflow, instance_id, status, float(d.get("created", 0.0)),
+                               updated, int(d.get("version", 0)))
+
+    def reindex(self, workflow: str) -> int:
+        """Write every instance's listing entry again from its state, and drop entries of
+        instances that are gone: for instances created before the listing existed, or whose
+        entry a crash lost. Scans the store's keys (SCAN, on every node of a cluster), so it
+        takes time with many keys. Returns how many instances are listed."""
+        self.registry.graph(workflow)
+        k = self.store.keys(workflow, "*")
+        pattern = _glob(f"{self.store.prefix}:{{{workflow}/") + "*}:state"
+        head, tail = len(k.tag) - len("*}"), len("}:state")
+        ids = sorted({_s(key)[head:-tail] for key in self._redis(
+            lambda: list(self.store.client.scan_iter(match=pattern, count=1000)), "scanning")})
+        listed = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for instance_id, state in zip(chunk, self._states(workflow, chunk), strict=True):
+                if self._confirm(workflow, instance_id, state, None) is not None:
+                    listed += 1
+        listings = self.store.listings
+        for b in range(BUCKETS):
+            key = listings.ids_key(workflow, b)
+            known = [_s(m) for m in self._redis(
+                functools.partial(self.store.client.hkeys, key), "reading the listing")]
+            gone = [i for i in known if i not in set(ids)]
+            for instance_id, state in zip(gone, self._states(workflow, gone), strict=True):
+                self._confirm(workflow, instance_id, state, None)
+        return listed
+
+    @staticmethod
+    def _redis(fn: Callable[[], T], what: str) -> T:
+        try:
+            return fn()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unreachable while {what}: {exc}") from exc
 
     # -- waiting --------------------------------------------------------------------------------
 
     def wait_instance(self, workflow: str, instance_id: str, *,
                       datum: type[BaseModel] | str | None = None, timeout: float = 30.0
                       ) -> InstanceView:
-        """Until the instance completed or finished (cancelled, timed out) with nothing in
-        flight, or, with `datum`, until it holds that datum; WaitTimeout after `timeout`."""
-        name = None if datum is None else datum if isinstance(datum, str) else datum_name(datum)
+        """Until the instance completed, or finished otherwise (cancelled, timed out), with
+        nothing in flight; or, with `datum`, until it holds that datum. WaitTimeout after
+        `timeout` seconds. A failed or paused instance is waited on: a later delta may still
+        complete it.
+
+        While a run is in flight this blocks on that run's wake list (pushed when it settles,
+        cancels or is deleted: no polling). A datum appears mid-run, without a wake, so
+        waiting for one also re-reads between blocks, backing off from 10 ms to MAX_POLL; and
+        an instance with nothing in flight (not created yet, paused) is polled the same way
+        until a run starts."""
+        self.registry.graph(workflow)
+        check_instance_id(instance_id)
+        if datum is not None and not isinstance(datum, str):
+            datum = datum_name(datum)
+        k = self.store.keys(workflow, instance_id)
         deadline = time.monotonic() + timeout
         pause = 0.01
         while True:
@@ -144,13 +251,18 @@ class Query:
                 view: InstanceView | None = self.instance(workflow, instance_id)
             except UnknownInstance:
                 view = None
-            if view is not None and _reached(view, name):
+            if view is not None and _reached(view, datum):
                 return view
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WaitTimeout(f"{workflow}/{instance_id} did not "
-                                  f"{'hold ' + name if name else 'complete'} within {timeout}s")
-            time.sleep(min(pause, left))
+                what = f"hold {datum}" if datum else "complete"
+                raise WaitTimeout(f"{workflow}/{instance_id} did not {what} within {timeout}s")
+            running = [r.run for r in view.runs if r.status == "running"] if view else []
+            if running and view is not None:
+                block = left if datum is None else min(pause, left)
+                self.store.wait_wake(k, view.incarnation, min(running), block)
+            else:
+                time.sleep(min(pause, left))
             pause = min(pause * 2, MAX_POLL)
 
 
@@ -158,6 +270,11 @@ def _reached(view: InstanceView, name: str | None) -> bool:
     if name is not None:
         return view.datum(name) is not None
     return view.status in ("completed", "cancelled", "timed_out")
+
+
+def _glob(text: str) -> str:
+    """`text` matched literally by a SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...]:

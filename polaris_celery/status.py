@@ -201,6 +201,8 @@ def parse_log(entries: Iterable[Any]) -> list[LogEntry]:
     out: list[LogEntry] = []
     for sid, raw in entries:
         try:
+            if isinstance(raw, list):  # a cluster's MULTI/EXEC replies without callbacks
+                raw = dict(zip(raw[::2], raw[1::2], strict=True))
             f = {_s(k): _s(v) for k, v in (raw or {}).items()}
             ev = f["ev"]
             common: dict[str, Any] = {
