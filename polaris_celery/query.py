@@ -121,6 +121,14 @@ class Query:
                                        - graph.transients)),
         )
 
+    def timeline(self, workflow: str, instance_id: str, runs: int = 10
+                 ) -> list[st.RunTimeline]:
+        """The last `runs` runs as timelines, from the instance's log: each builder attempt,
+        on which worker, when, for how long (empty: no log, e.g. no such instance)."""
+        graph = self.registry.graph(workflow)
+        check_instance_id(instance_id)
+        return st.read_timeline(self.store, graph, instance_id, runs=runs)
+
     # -- many instances -------------------------------------------------------------------------
 
     def instances(self, workflow: str, *, status: str | Iterable[str] | None = None,
