@@ -320,3 +320,27 @@ def test_waiting_times_out(rig: Rig, iid: str) -> None:
     with pytest.raises(pc.WaitTimeout, match="complete"):
         rig.q.wait_instance(WF, iid, timeout=0.5)
     assert 0.45 < time.monotonic() - start < 2.0
+
+
+def test_waiting_on_a_cluster_from_another_store(cluster_rig: Rig, redis_cluster: RedisCluster,
+                                                iid: str) -> None:
+    """The waiter blocks on the run's wake list through a store of its own."""
+    store = pc.RedisStore(redis_cluster.url)
+    other = Query(registry(store))
+    got: dict[str, Any] = {}
+
+    def wait() -> None:
+        got["done"] = other.wait_instance(WF, iid, timeout=10)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        cluster_rig.submit(iid, Req(v=4), Extra(v=1))
+        time.sleep(0.3)
+        assert "done" not in got  # its builders wait for the drain
+        cluster_rig.settle()
+        waiter.join(2)  # woken by the run's settling, not at the end of a poll
+        assert got["done"].status == "completed" and got["done"].datum("Out").value == Out(v=6)
+    finally:
+        waiter.join(10)
+        store.close()
