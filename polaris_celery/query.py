@@ -218,11 +218,12 @@ class Query:
                 if self._confirm(workflow, instance_id, state, None) is not None:
                     listed += 1
         listings = self.store.listings
+        present = set(ids)
         for b in range(BUCKETS):
             key = listings.ids_key(workflow, b)
             known = [_s(m) for m in self._redis(
                 functools.partial(self.store.client.hkeys, key), "reading the listing")]
-            gone = [i for i in known if i not in set(ids)]
+            gone = [i for i in known if i not in present]
             for instance_id, state in zip(gone, self._states(workflow, gone), strict=True):
                 self._confirm(workflow, instance_id, state, None)
         return listed
