@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any
 
 from celery import Celery, signals
@@ -21,8 +21,10 @@ from ..hooks import Hook, Hooks
 from ..instance import Dispatch, Settings
 from ..invoke import AfterHook, BeforeHook
 from ..observe import Observers
+from ..query import Query
 from ..registry import Registry
 from ..result import RunResult
+from ..views import InstancePage, InstanceView
 from ..workflow import Workflow
 from . import bootsteps, flower, tasks
 from .tasks import HAND_OFF_DELAY, HAND_OFF_HOPS, RECONCILE_TASK, TASK_PREFIX, task_name
@@ -153,6 +155,7 @@ class CeleryExecutor:
         self.lost_attempts = flower.LostAttempts(app, task_name)  # set up by the reconciler
         self.observers = Observers([flower.task_events, tracing.observer(), self.lost_attempts])
         self.coordinator.observer = self.observers
+        self.query = Query(registry)
         self.metrics: metrics.Metrics | None = None  # in a worker serving them
         self.metrics_port, self.metrics_addr = metrics.address(metrics_port, metrics_addr)
         self.tasks = tasks.BuilderTasks(app, self.coordinator)
@@ -229,6 +232,29 @@ class CeleryExecutor:
     def retire(self, workflow: str, version: int) -> None:
         """Forget a workflow version once no live instance runs on it (else VersionInUse)."""
         self.coordinator.retire(workflow, version)
+
+    # -- reading instances ----------------------------------------------------------------------
+
+    def instance(self, workflow: str, instance_id: str) -> InstanceView:
+        """The instance as it is now: status, data (values, who wrote each and when), runs,
+        builders in flight, errors. Raises UnknownInstance if it does not exist."""
+        return self.query.instance(workflow, instance_id)
+
+    def instances(self, workflow: str, *, status: str | Iterable[str] | None = None,
+                  limit: int = 50, cursor: str | None = None, newest_first: bool = True
+                  ) -> InstancePage:
+        """One page of the workflow's instances (of `status`, one or several of
+        pc.STATUSES), newest change first; pass the page's `cursor` back for the next."""
+        return self.query.instances(workflow, status=status, limit=limit, cursor=cursor,
+                                    newest_first=newest_first)
+
+    def wait_instance(self, workflow: str, instance_id: str, *,
+                      datum: type[BaseModel] | str | None = None, timeout: float = 30.0
+                      ) -> InstanceView:
+        """Block until the instance completed (or was cancelled or timed out) with nothing in
+        flight, or, with `datum`, until it holds that datum. Works from any process; raises
+        WaitTimeout after `timeout` seconds."""
+        return self.query.wait_instance(workflow, instance_id, datum=datum, timeout=timeout)
 
     def register(self, key: str, workflow: type[Workflow], version: int = 1) -> None:
         """Register a workflow (or a new version of one) after the executor was created."""
