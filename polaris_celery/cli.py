@@ -46,6 +46,7 @@ from .graph import Graph
 from .registry import Registry
 from .result import RunResult
 from .stores.redis import RedisStore, redact
+from .web.command import web as web_command
 
 DEFAULT_APP = "worker"
 PICTURE_FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -523,6 +524,9 @@ def recover(ctx: click.Context, as_json: bool) -> None:
                f"{counts.get('lost', 0)} lost attempt(s) re-run, "
                f"{counts.get('skipped', 0)} passed over (workflow or version not here), "
                f"{counts.get('failed', 0)} failed (looked at again later)")
+
+
+cli.add_command(web_command)  # `polaris web` lives in polaris_celery/web/command.py
 
 
 def main(argv: Sequence[str] | None = None) -> None:
