@@ -27,6 +27,7 @@ from .errors import (
     StoreUnavailable,
     UndeclaredData,
     UnknownData,
+    UnknownInstance,
     UnknownWorkflow,
     VersionInUse,
     WaitTimeout,
@@ -35,9 +36,11 @@ from .executors.local import Executor
 from .frontier import BuilderError
 from .graph import Graph, compile_workflow
 from .hooks import HookInfo
+from .instance import STATUSES
 from .registry import Registry
 from .result import RunResult
 from .stores.memory import MemoryStore
+from .views import DatumView, ErrorView, InstancePage, InstanceSummary, InstanceView, RunView
 from .workflow import Workflow
 
 if TYPE_CHECKING:
@@ -63,6 +66,14 @@ __all__ = [
     "RunHandle",
     "RunResult",
     "compile_workflow",
+    # reading instances (CeleryExecutor.instance / instances / wait_instance)
+    "STATUSES",
+    "DatumView",
+    "ErrorView",
+    "InstancePage",
+    "InstanceSummary",
+    "InstanceView",
+    "RunView",
     # stores
     "MemoryStore",
     "RedisStore",
@@ -83,6 +94,7 @@ __all__ = [
     "StoreUnavailable",
     "UndeclaredData",
     "UnknownData",
+    "UnknownInstance",
     "UnknownWorkflow",
     "VersionInUse",
     "WaitTimeout",

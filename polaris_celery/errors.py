@@ -17,6 +17,7 @@
      +-- AttemptFailed         a builder's task reports its failed attempt (to Celery, Flower)
      +-- InstanceClosed        a delta for an instance that was cancelled or timed out
      +-- VersionInUse          retiring a workflow version that live instances still run on
+     +-- UnknownInstance       the query API was asked for an instance that does not exist
 """
 
 from __future__ import annotations
@@ -143,3 +144,16 @@ class VersionInUse(PolarisError):
         self.instances = instances
         shown = ", ".join(instances[:20]) + (" ..." if len(instances) > 20 else "")
         super().__init__(f"{key} v{version} still runs {len(instances)} live instance(s): {shown}")
+
+
+class UnknownInstance(PolarisError, KeyError):
+    """Raised by the query API for an instance that does not exist (never created, deleted,
+    or expired under `retention`)."""
+
+    def __init__(self, workflow: str, instance_id: str) -> None:
+        self.workflow = workflow
+        self.instance_id = instance_id
+        super().__init__(f"{workflow}/{instance_id}")
+
+    def __str__(self) -> str:
+        return f"no instance {self.instance_id!r} of workflow {self.workflow!r}"

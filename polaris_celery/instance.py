@@ -65,6 +65,14 @@ class Settings:
     max_datum_bytes: int = codec.DEFAULT_MAX_DATUM_BYTES
 
 
+#: An instance's status as the query API and the listing show it (InstanceDoc.state_name).
+STATUSES = ("open", "running", "paused", "completed", "failed", "cancelled", "timed_out")
+
+#: Outcomes of a settled run that the document remembers (`last`): the others close the
+#: instance ("cancelled", "timed_out", "deleted") or leave it as it was ("late").
+REMEMBERED = ("completed", "paused", "failed")
+
+
 @dataclass
 class InstanceDoc:
     """An instance's coordination state: which runs are in flight, whether it completed, the
@@ -83,6 +91,42 @@ class InstanceDoc:
     version: int = 0  # 0: not pinned (new, or completed with nothing in flight)
     status: str = "open"  # "open", "cancelled" or "timed_out"
     deadline: float | None = None
+    last: str = ""  # outcome of the last run settled since creation or restart (REMEMBERED)
+
+    @staticmethod
+    def brief(raw: str) -> tuple[str, int]:
+        """The status and the run counter of a stored document ("" and 0: none), without
+        loading its runs: what a step compares to decide whether the listing changes."""
+        if not raw:
+            return "", 0
+        d = json.loads(raw)
+        doc = InstanceDoc(next_run=d["next"], open=d["runs"], completed=d["completed"],
+                          status=d.get("status", "open"), last=d.get("last", ""))
+        return doc.state_name, doc.next_run
+
+    @property
+    def state_name(self) -> str:
+        """The instance's status (one of STATUSES), from this document alone:
+
+        - "cancelled" / "timed_out": closed (a restart re-opens it);
+        - "running": a run is in flight;
+        - "failed": nothing in flight, and the last run settled failed (a builder's retries
+          were spent), even if an earlier run had completed it;
+        - "completed": nothing in flight, and the target was produced;
+        - "paused": nothing in flight, the last run settled without the target: it waits for
+          more data;
+        - "open": nothing in flight and no run settled since it was created or restarted
+          (a restart without data, or a delta that started no run yet).
+        """
+        if self.status != "open":
+            return self.status
+        if self.open:
+            return "running"
+        if self.last == "failed":
+            return "failed"
+        if self.completed:
+            return "completed"
+        return "paused" if self.last else "open"
 
     @property
     def finished(self) -> bool:
@@ -114,6 +158,7 @@ class InstanceDoc:
             version=d.get("version", 0),
             status=d.get("status", "open"),
             deadline=d.get("deadline"),
+            last=d.get("last", ""),
         )
         grouped = run_fields(snap.fields)
         for run_id in doc.open:
@@ -158,6 +203,8 @@ class InstanceDoc:
         }
         if self.deadline is not None:
             d["deadline"] = self.deadline
+        if self.last:
+            d["last"] = self.last
         return json.dumps(d, separators=(",", ":"))
 
 

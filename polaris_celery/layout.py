@@ -20,6 +20,9 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
     pc:{live:wf:V:B}          SET   instance ids              instances pinned to version V
     pc:{retired:wf}           SET   versions                  versions retired for good
     pc:{retired:wf}:pending:V STRING                          a retirement of V in progress
+    pc:{inst:wf:B}:all        ZSET  id -> when                the workflow's instances (listing)
+    pc:{inst:wf:B}:s:STATUS   ZSET  id -> when                ... of each status
+    pc:{inst:wf:B}:id         HASH  id -> inc|v|status        ... each one's entry, for moves
 
 The shared keys are sharded in BUCKETS buckets (B, from a hash of `wf/id`), each its own cluster
 slot: no script crosses slots, and no single key is hot. See stores/shared.py.
@@ -75,6 +78,18 @@ class Keys:
         return f"{self.tag}:wake:{inc}:{run}"
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The instance's entry in its workflow's listing, as a step leaves it (stores/listing.py):
+    its status (`status` empty: the instance is gone), when that was, the status the entry had
+    before the step (`was`, empty: none) and the incarnation it is written for."""
+
+    status: str
+    when: float
+    was: str
+    inc: str
+
+
 @dataclass
 class Effects:
     """What a step does to the keys every instance shares (the reconciler's index, the sets of
@@ -86,6 +101,9 @@ class Effects:
     watch: float | None = None  # the next look, exactly (math.inf: nothing left to watch)
     pins: list[tuple[str, int]] = field(default_factory=list)  # (workflow, version) taken
     unpins: list[tuple[str, int]] = field(default_factory=list)  # ... and given up
+    # The listing entry, written only when the status changes or a run opens or settles (so
+    # never on a builder's plain commit).
+    listing: Listing | None = None
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,16 @@ from typing import Any
 from . import reads
 from .frontier import BuilderError, RunState, header_name
 from .graph import Graph
-from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
-from .layout import Effects, Keys, Ops, Snapshot, Want
+from .instance import (
+    REMEMBERED,
+    Dispatch,
+    InstanceDoc,
+    Settings,
+    lease_field,
+    queued_lease,
+    running_lease,
+)
+from .layout import Effects, Keys, Listing, Ops, Snapshot, Want
 
 
 @dataclass
@@ -175,6 +183,8 @@ class Machine:
         step.outcomes.append(run.outcome)  # observe: for the runs-settled metric
         if run.target_hit:
             doc.completed = True
+        if run.outcome in REMEMBERED:
+            doc.last = run.outcome  # the instance's status (InstanceDoc.state_name)
         outcome: dict[str, Any] = {
             "run": run.id, "inc": inc, "status": run.outcome,
             "completed": run.target_hit or completed, "produced": produced,
@@ -204,7 +214,7 @@ class Machine:
             self.place(graph, k, inc, doc, run, step, now)
 
     def seal(self, graph: Graph, k: Keys, snap: Snapshot, reopened: bool, doc: InstanceDoc,
-             step: Step, now: float, *, write: bool = True) -> None:
+             step: Step, now: float, *, write: bool = True, inc: str = "") -> None:
         """End a step: watch what is left to watch, unpin a finished instance, set its keys'
         lifetime, and write the new version (which fences every step made from the old).
         `reopened`: the instance was new or finished before this step. Without `write` (a
@@ -219,6 +229,11 @@ class Machine:
             step.fx.watch = math.inf
         if not write:
             return
+        was, runs = InstanceDoc.brief(snap.doc)
+        if doc.state_name != was or doc.next_run != runs or step.settled:
+            # The listing moves only with the status, or as a run opens or settles: a builder's
+            # plain commit adds nothing to write.
+            step.fx.listing = Listing(doc.state_name, now, was, inc or snap.inc)
         doc.updated = now
         step.doc = doc.dump()
         writes: dict[str, Any] = {"v": snap.version + 1, "doc": step.doc}

@@ -27,6 +27,7 @@ from .errors import StoreUnavailable
 from .graph import Graph
 from .instance import runs_json
 from .stores.redis import Keys, RedisError, RedisStore
+from .views import ActiveBuilder
 
 T = TypeVar("T")
 
@@ -75,20 +76,6 @@ class Datum:
     at: float | None
     is_input: bool
     is_target: bool
-
-
-@dataclass(frozen=True)
-class ActiveBuilder:
-    """A builder a run has dispatched and not yet seen finish, or one waiting upstream."""
-
-    run: int
-    builder: str
-    attempt: int | None
-    state: str  # "queued", "running", "waiting" (upstream still pending) or "unsent" (no lease)
-    deadline: float | None  # queued: re-sent after it; running: lease ends (retry) after it
-
-    def overdue(self, now: float) -> bool:
-        return self.deadline is not None and self.deadline < now
 
 
 @dataclass(frozen=True)
@@ -214,6 +201,8 @@ def parse_log(entries: Iterable[Any]) -> list[LogEntry]:
     out: list[LogEntry] = []
     for sid, raw in entries:
         try:
+            if isinstance(raw, list):  # a cluster's MULTI/EXEC replies without callbacks
+                raw = dict(zip(raw[::2], raw[1::2], strict=True))
             f = {_s(k): _s(v) for k, v in (raw or {}).items()}
             ev = f["ev"]
             common: dict[str, Any] = {
@@ -232,7 +221,7 @@ def parse_log(entries: Iterable[Any]) -> list[LogEntry]:
     return out
 
 
-def _history(raw: Iterable[bytes | str]) -> list[SettledRun]:
+def parse_history(raw: Iterable[bytes | str]) -> list[SettledRun]:
     out: list[SettledRun] = []
     for blob in raw:
         try:
@@ -248,7 +237,7 @@ def _history(raw: Iterable[bytes | str]) -> list[SettledRun]:
     return out
 
 
-def _leases(raw: Mapping[bytes, bytes]) -> dict[tuple[int, str], tuple[int, str, float]]:
+def parse_leases(raw: Mapping[bytes, bytes]) -> dict[tuple[int, str], tuple[int, str, float]]:
     out: dict[tuple[int, str], tuple[int, str, float]] = {}
     for fld, value in raw.items():
         try:
@@ -260,7 +249,7 @@ def _leases(raw: Mapping[bytes, bytes]) -> dict[tuple[int, str], tuple[int, str,
     return out
 
 
-def _in_flight(state: Mapping[str, str],
+def in_flight(state: Mapping[str, str],
                leases: dict[tuple[int, str], tuple[int, str, float]]
                ) -> tuple[list[RunInFlight], list[ActiveBuilder]]:
     runs: list[RunInFlight] = []
@@ -320,7 +309,7 @@ def read_status(store: RedisStore, graph: Graph, instance_id: str, *,
 
     size_of = dict(zip(names, _redis(sizes, "reading data sizes"), strict=True)) if names else {}
     doc: dict[str, Any] = json.loads(doc_raw) if doc_raw else {}
-    runs, builders = _in_flight(state, _leases(lease_raw))
+    runs, builders = in_flight(state, parse_leases(lease_raw))
     writers = last_writers(parse_log(reversed(list(log_raw or []))))
     data = []
     for n in names:
@@ -332,7 +321,7 @@ def read_status(store: RedisStore, graph: Graph, instance_id: str, *,
         version=int(v or 0), completed=bool(doc.get("completed", False)),
         created=float(doc.get("created", 0.0)), updated=float(doc.get("updated", 0.0)),
         data=tuple(data), builders=tuple(builders), runs=tuple(runs),
-        history=tuple(_history(history_raw)),
+        history=tuple(parse_history(history_raw)),
         absent_inputs=tuple(sorted(graph.inputs - set(names) - graph.transients)),
         read_at=time.time() if now is None else now,
         closed=str(doc.get("status", "open")),
@@ -381,7 +370,8 @@ def read_timeline(store: RedisStore, graph: Graph, instance_id: str, runs: int =
     """The last `runs` runs of an instance as timelines."""
     k = store.keys(graph.key, instance_id)
     log = read_log(store, k)
-    history = _history(_redis(lambda: store.client.lrange(k.history, 0, -1), "reading history"))
+    history = parse_history(_redis(lambda: store.client.lrange(k.history, 0, -1),
+                                   "reading history"))
     return timeline(log, history)[-runs:] if runs > 0 else []
 
 
@@ -394,7 +384,10 @@ __all__ = [
     "RunInFlight",
     "RunTimeline",
     "SettledRun",
+    "in_flight",
     "last_writers",
+    "parse_history",
+    "parse_leases",
     "parse_log",
     "read_log",
     "read_status",

@@ -24,7 +24,7 @@ from .errors import InstanceClosed
 from .frontier import BuilderError, Presence, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, lease_field, parse_lease, queued_lease
-from .layout import Keys, Ops, Snapshot
+from .layout import Keys, Listing, Ops, Snapshot
 from .machine import Machine, Step, new_step
 
 #: The longest wait between two re-sends of one queued builder (seconds).
@@ -64,7 +64,7 @@ def submit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, doc: InstanceDoc, 
     if delta_id is not None and delta_record is not None:
         step.ops.hset(k.deltas, {delta_id: delta_record.format(run=doc.next_run + 1)})
     run = start_run(m, graph, k, inc, doc, snap, delta, delta_id, step, now)
-    m.seal(graph, k, snap, reopened, doc, step, now)
+    m.seal(graph, k, snap, reopened, doc, step, now, inc=inc)
     return step, run
 
 
@@ -293,7 +293,7 @@ def restart(m: Machine, old: Graph, newest: Graph, k: Keys, snap: Snapshot,
     step = new_step(k)
     m.close(old, k, snap.inc, doc, step, now, "cancelled")
     m.unpin(old.key, k, doc, step)
-    doc.status, doc.completed, doc.deadline = "open", False, None
+    doc.status, doc.completed, doc.deadline, doc.last = "open", False, None, ""
     if newest.workflow.deadline:
         doc.deadline = now + float(newest.workflow.deadline)
         m.index(k, step, doc.deadline)
@@ -321,6 +321,7 @@ def delete(m: Machine, graph: Graph, k: Keys, snap: Snapshot, now: float) -> Ste
     m.close(graph, k, snap.inc, doc, step, now, "deleted")
     m.unpin(graph.key, k, doc, step)
     step.fx.watch = math.inf
+    step.fx.listing = Listing("", now, InstanceDoc.brief(snap.doc)[0], snap.inc)
     for key in k.lasting:
         step.ops.add("DEL", key)
     return step

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any
 
 from celery import Celery, signals
@@ -32,8 +32,10 @@ from ..hooks import Hook, Hooks
 from ..instance import Dispatch, Settings, UnknownVersion
 from ..invoke import AfterHook, BeforeHook
 from ..observe import Observers
+from ..query import Query
 from ..registry import Registry
 from ..result import RunResult
+from ..views import InstancePage, InstanceView
 from ..workflow import Workflow
 from . import bootsteps, flower
 
@@ -175,6 +177,7 @@ class CeleryExecutor:
         # Prometheus metrics once a worker's bootstep sets them up (bootsteps.metrics_step).
         self.observers = Observers([flower.task_events, tracing.observer()])
         self.coordinator.observer = self.observers
+        self.query = Query(registry)
         self.metrics: metrics.Metrics | None = None  # in a worker serving them
         self.metrics_port, self.metrics_addr = metrics.address(metrics_port, metrics_addr)
         self._tasks: dict[str, Any] = {}
@@ -255,6 +258,29 @@ class CeleryExecutor:
     def retire(self, workflow: str, version: int) -> None:
         """Forget a workflow version once no live instance runs on it (else VersionInUse)."""
         self.coordinator.retire(workflow, version)
+
+    # -- reading instances ----------------------------------------------------------------------
+
+    def instance(self, workflow: str, instance_id: str) -> InstanceView:
+        """The instance as it is now: status, data (values, who wrote each and when), runs,
+        builders in flight, errors. Raises UnknownInstance if it does not exist."""
+        return self.query.instance(workflow, instance_id)
+
+    def instances(self, workflow: str, *, status: str | Iterable[str] | None = None,
+                  limit: int = 50, cursor: str | None = None, newest_first: bool = True
+                  ) -> InstancePage:
+        """One page of the workflow's instances (of `status`, one or several of
+        pc.STATUSES), newest change first; pass the page's `cursor` back for the next."""
+        return self.query.instances(workflow, status=status, limit=limit, cursor=cursor,
+                                    newest_first=newest_first)
+
+    def wait_instance(self, workflow: str, instance_id: str, *,
+                      datum: type[BaseModel] | str | None = None, timeout: float = 30.0
+                      ) -> InstanceView:
+        """Block until the instance completed (or was cancelled or timed out) with nothing in
+        flight, or, with `datum`, until it holds that datum. Works from any process; raises
+        WaitTimeout after `timeout` seconds."""
+        return self.query.wait_instance(workflow, instance_id, datum=datum, timeout=timeout)
 
     def register(self, key: str, workflow: type[Workflow], version: int = 1) -> None:
         """Register a workflow (or a new version of one) after the executor was created."""

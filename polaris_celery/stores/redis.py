@@ -6,6 +6,7 @@ writes only if the instance's version is still the one they were computed from.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,9 +26,11 @@ from redis.sentinel import Sentinel
 
 from ..errors import ConfigurationError, StoreUnavailable
 from ..layout import WHOLE, Effects, Keys, Ops, Snapshot, Want
+from .listing import Listings
 from .shared import RetiringError, Shared
 
 T = TypeVar("T")
+log = logging.getLogger("polaris_celery")
 
 
 def redact(url: str) -> str:
@@ -147,6 +150,7 @@ class RedisStore:
         # timeout would cut them off, so they use a pool without one.
         self.blocking: Any = connect(url, dict(redis_kwargs, socket_timeout=None))
         self.shared = Shared(self.client, prefix)
+        self.listings = Listings(self.client, prefix)
         self._cas = self.client.register_script(_script("cas.lua"))
         self._begin = self.client.register_script(_script("begin.lua"))
         self._view = self.client.register_script(_script("view.lua"))
@@ -281,6 +285,8 @@ class RedisStore:
         else:
             ops = ops.copy()
             shared.in_script(ops, fx, k.member, k.instance_id)
+            self.listings.in_script(ops, fx.listing, k.workflow, k.instance_id,
+                                    expected.version + 1)
         reply = _wrap(lambda: self._acked(
             k.state, lambda client: self._cas(keys=ops.keys, client=client,
                                               args=[expected.version, expected.inc, *ops.args])),
@@ -288,6 +294,16 @@ class RedisStore:
         code = int(reply[0])
         if code in (1, 2) and self.cluster:
             _wrap(lambda: shared.after(fx, k.member, k.instance_id, seen), "settling the index")
+            listing = fx.listing
+            if listing is not None:
+                try:
+                    _wrap(lambda: self.listings.after(listing, k.workflow, k.instance_id,
+                                                      expected.version + 1), "listing")
+                except StoreUnavailable as exc:
+                    # The step applied: its caller must hear so. The entry is put right when a
+                    # page next reads it, or by `polaris reindex` (stores/listing.py).
+                    log.warning("polaris: %s applied, but its listing entry was not written: "
+                                "%s", k.member, exc)
         if code == 1:
             return "applied", list(reply[2])
         if code == 2:
