@@ -17,7 +17,6 @@ touches Redis or Celery runs on a worker thread, so a slow store never blocks th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,11 +38,11 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import PolarisError, StoreUnavailable, UnknownWorkflow
+from ..errors import PolarisError, StoreUnavailable, UnknownInstance, UnknownWorkflow
 from ..executors.celery import CeleryExecutor
 from . import forms, prom, sse, views
 from .auth import COOKIE, Gate, Guard
-from .source import STATUSES, Source, UnknownInstance
+from .source import STATUSES, Source
 
 HERE = Path(__file__).parent
 T = TypeVar("T")
@@ -239,16 +238,12 @@ class WebView:
                               limit=_int(request.query_params.get("limit"), self.page_size, 1,
                                          500),
                               cursor=request.query_params.get("cursor") or None)
-        return JSONResponse({"items": [dataclasses.asdict(s) for s in page.items],
-                             "cursor": page.cursor})
+        return JSONResponse(page.to_json())
 
     async def api_instance(self, request: Request) -> Response:
         wf = self.workflow_of(request)
         view = await self.off(self.source.instance, wf, request.query_params.get("id", ""))
-        out = dataclasses.asdict(view)
-        out["data"] = [{**dataclasses.asdict(d), "value": d.value.model_dump(mode="json")
-                        if isinstance(d.value, BaseModel) else None} for d in view.data]
-        return JSONResponse(out)
+        return JSONResponse(view.to_json())
 
     # -- login ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from .. import status as st
 from ..diagram import data_of, to_dot
 from ..graph import Graph
-from .source import ActiveBuilder
+from ..views import ActiveBuilder
 
 #: Builder states shown, in the legend's order.
 STATES = ("done", "running", "queued", "waiting", "failed", "not-run")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from .. import status as st
 from ..graph import Graph
+from ..views import InstanceView
 from . import svg
-from .source import InstanceView
 
 
 @dataclass(frozen=True)
