@@ -8,8 +8,11 @@ The screenshots in docs/ (web-list.png, web-instance.png) are written by these t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -171,8 +174,6 @@ def test_list_filters_and_pages(env: Env, page: Any) -> None:
     listed = set(page.locator("#instances tbody tr[data-instance]").evaluate_all(
         "rs => rs.map(r => r.dataset.instance)"))
     assert set(done) <= listed and stopped not in listed
-    page.goto(f"{env.base}/?wf={WF}")
-    page.screenshot(path=str(DOCS / "web-list.png"), full_page=True)
 
 
 # -- an instance, live ------------------------------------------------------------------------
@@ -340,3 +341,40 @@ def test_metrics_count_instances_by_status(env: Env) -> None:
                   re.M)
     assert m and int(m.group(1)) >= 1, text
     assert re.search(r"^polaris_instances_in_flight \d+", text, re.M), text
+
+
+def test_polaris_web_command_serves_the_view(env: Env) -> None:
+    """`polaris -A tests.apps.web_app web` as users start it, in a process of its own."""
+    port = free_port()
+    store = env.executor.registry.store
+    assert isinstance(store, pc.RedisStore)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polaris_celery.cli", "-A", "tests.apps.web_app", "web",
+         "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**{k: v for k, v in os.environ.items() if k != "POLARIS_WEB_TOKEN"},
+             "POLARIS_REDIS_URL": store.url})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/?wf={WF}")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    proc.stdout.read().decode() if proc.stdout else "")
+                time.sleep(0.1)
+        assert r.status_code == 200 and 'id="instances"' in r.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_screenshot_of_the_list(env: Env, page: Any) -> None:
+    """Last, so the list holds every kind of instance the tests above left; one more runs."""
+    i = iid("running")
+    env.executor.submit_delta(WF, i, order())
+    env.wait(lambda: env.charge_running(i), why="Charge to run")
+    page.goto(f"{env.base}/?wf={WF}&limit=12")
+    assert page.locator(f'#instances tr[data-instance="{i}"] .badge').inner_text() == "running"
+    page.screenshot(path=str(DOCS / "web-list.png"), full_page=True)
+    env.gate(i)
