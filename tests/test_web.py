@@ -323,6 +323,25 @@ def test_actions_refuse_cross_site_posts(env: Env) -> None:
         assert c.get("/", headers={"host": "evil.example"}).status_code == 403
 
 
+def test_bad_requests_get_clear_errors(env: Env) -> None:
+    with httpx.Client(base_url=env.base) as c:
+        r = c.get(f"/instance?wf={WF}&id=nope")
+        assert r.status_code == 404 and "nope" in r.text and WF in r.text
+        r = c.get("/?wf=no-such-flow")
+        assert r.status_code == 404 and "no-such-flow" in r.text
+        r = c.get(f"/?wf={WF}&status=bogus")
+        assert r.status_code == 400 and "unknown status" in r.text and "bogus" in r.text
+        r = c.get(f"/?wf={WF}&cursor=garbage!")
+        assert r.status_code == 400 and "cursor" in r.text
+        assert c.get(f"/events?wf={WF}&id=nope").status_code == 404
+        r = c.get(f"/api/instance?wf={WF}&id=nope")
+        assert r.status_code == 404
+        r = c.get(f"/api/instances?wf={WF}&status=bogus")
+        assert r.status_code == 400 and "bogus" in r.text
+        r = c.get(f"/api/instances?wf={WF}&limit=2")
+        assert r.status_code == 200 and len(r.json()["items"]) <= 2
+
+
 def test_web_refuses_a_public_host_without_a_token() -> None:
     r = CliRunner(env={"POLARIS_WEB_TOKEN": None}).invoke(
         cli, ["--app", "no_such_module_needed", "web", "--host", "0.0.0.0"])

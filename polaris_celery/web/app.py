@@ -129,8 +129,12 @@ class WebView:
             return self.problem(400, f"unknown status {status!r}: one of {', '.join(STATUSES)}")
         cursor = request.query_params.get("cursor") or None
         limit = _int(request.query_params.get("limit"), self.page_size, 1, 500)
-        page = await self.off(self.source.instances, wf, status=[status] if status else None,
-                              limit=limit, cursor=cursor)
+        try:
+            page = await self.off(self.source.instances, wf,
+                                  status=[status] if status else None, limit=limit,
+                                  cursor=cursor)
+        except ValueError as exc:  # a cursor that is not one of ours
+            return self.problem(400, str(exc))
         counts = await self.off(self.source.counts)
         return self.page("list.html", keys=keys, counts=counts, page=page, wf=wf,
                          status=status, limit=limit, cursor=cursor,
@@ -234,10 +238,13 @@ class WebView:
     async def api_instances(self, request: Request) -> Response:
         wf = self.workflow_of(request)
         status = request.query_params.get("status")
-        page = await self.off(self.source.instances, wf, status=[status] if status else None,
-                              limit=_int(request.query_params.get("limit"), self.page_size, 1,
-                                         500),
-                              cursor=request.query_params.get("cursor") or None)
+        try:
+            page = await self.off(
+                self.source.instances, wf, status=[status] if status else None,
+                limit=_int(request.query_params.get("limit"), self.page_size, 1, 500),
+                cursor=request.query_params.get("cursor") or None)
+        except ValueError as exc:  # an unknown status, a cursor that is not one of ours
+            return PlainTextResponse(str(exc), status_code=400)
         return JSONResponse(page.to_json())
 
     async def api_instance(self, request: Request) -> Response:
