@@ -121,6 +121,14 @@ class Query:
                                        - graph.transients)),
         )
 
+    def timeline(self, workflow: str, instance_id: str, runs: int = 10
+                 ) -> list[st.RunTimeline]:
+        """The last `runs` runs as timelines, from the instance's log: each builder attempt,
+        on which worker, when, for how long (empty: no log, e.g. no such instance)."""
+        graph = self.registry.graph(workflow)
+        check_instance_id(instance_id)
+        return st.read_timeline(self.store, graph, instance_id, runs=runs)
+
     # -- many instances -------------------------------------------------------------------------
 
     def instances(self, workflow: str, *, status: str | Iterable[str] | None = None,
@@ -151,7 +159,7 @@ class Query:
             entries = self._redis(functools.partial(listings.entries, workflow, ids), "listing")
             for i, (e, state, entry) in enumerate(zip(got, states, entries, strict=True)):
                 after = (e.score, e.instance_id)
-                summary = self._confirm(workflow, e.instance_id, state, entry)
+                summary = self._confirm(workflow, e.instance_id, state, entry, e.score)
                 if summary is not None and (not wanted or summary.status in wanted):
                     items.append(summary)
                 if len(items) == limit:
@@ -172,9 +180,10 @@ class Query:
         return self._redis(go, "reading instances")
 
     def _confirm(self, workflow: str, instance_id: str, state: tuple[int, str, str],
-                 entry: str | None) -> InstanceSummary | None:
+                 entry: str | None, listed: float | None = None) -> InstanceSummary | None:
         """The instance as its state says, its listing entry put right if that says otherwise
-        (None: it is gone)."""
+        (None: it is gone). `listed`: the entry's time, shown as `updated` so that a page's
+        order and its times agree (else the state's last update)."""
         v, inc, raw = state
         listings = self.store.listings
         if not raw:
@@ -188,7 +197,8 @@ class Query:
             self._redis(lambda: listings.move(workflow, instance_id, inc, v, status, updated),
                         "repairing the listing")
         return InstanceSummary(workflow, instance_id, status, float(d.get("created", 0.0)),
-                               updated, int(d.get("version", 0)))
+                               updated if listed is None else listed,
+                               int(d.get("version", 0)))
 
     def reindex(self, workflow: str) -> int:
         """Write every instance's listing entry again from its state, and drop entries of

@@ -134,7 +134,11 @@ class InstanceView:
 
 @dataclass(frozen=True)
 class InstanceSummary:
-    """One instance of a listing, its status confirmed from its state when the page was read."""
+    """One instance of a listing, its status confirmed from its state when the page was read.
+
+    `updated` is the listing's time: when the instance last changed status or opened or
+    settled a run (pages are in its order). A builder's commit in mid-run does not move it, so
+    it may be older than the InstanceView's `updated`."""
 
     workflow: str
     instance_id: str

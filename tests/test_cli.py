@@ -67,11 +67,37 @@ class Payments(pc.Workflow):
     target = Receipt
 
 
+class Refund(BaseModel):
+    id: str
+
+
+class Refunder(pc.Builder):
+    consumes = [Receipt]
+    produces = Refund
+
+    def process(self, ctx: pc.BuilderContext) -> Refund:
+        return Refund(id="back")
+
+
+class RefundsV1(pc.Workflow):
+    builders = [Charge]
+    target = Receipt
+    inputs = [Order]
+
+
+class RefundsV2(pc.Workflow):
+    builders = [Charge, Refunder]
+    target = Refund
+    inputs = [Order]
+
+
 app = Celery("polaris-cli-tests", broker={broker!r}, set_as_current=False)
 app.conf.worker_hijack_root_logger = False
 registry = pc.Registry(pc.RedisStore({store!r}))
 registry.register("cab-ride", CabRide)
 registry.register("payments", Payments)
+registry.register("refunds", RefundsV1)
+registry.register("refunds", RefundsV2, version=2)
 executor = pc.CeleryExecutor(app, registry, reconcile_interval=0.5, dispatch_timeout={dt},
                              lease_grace=2)
 '''
@@ -162,13 +188,26 @@ def test_workflows_lists_counts_and_target(env: Env) -> None:
     out = ok(env.app, "workflows")
     row = next(ln for ln in out.splitlines() if "cab-ride" in ln)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
-    assert cells[:3] == ["cab-ride", "5", "9"] and cells[-1] == "RideEnded", row
-    assert re.search(r"payments\s+│\s+1 │\s+2 │ Order\s+│ Receipt", out), out
+    assert cells[:4] == ["cab-ride", "v1", "5", "9"] and cells[-1] == "RideEnded", row
+    assert re.search(r"payments\s+│\s+v1 │\s+1 │\s+2 │ Order\s+│ Receipt", out), out
     # Payments does not list Order as an input; the cab ride lists all of its inputs.
     warned = [ln for ln in out.splitlines() if ln.startswith("warning: ")]
     assert warned == ["warning: payments: Order is read by Charge but produced by no builder: "
                       "deltas must bring it (list it in the workflow's inputs if that is "
                       "intended)"], out
+
+
+def test_workflows_lists_every_version(env: Env) -> None:
+    out = ok(env.app, "workflows")
+    assert re.search(r"refunds\s+│\s+v1 │\s+1 │\s+2 │ Order\s+│ Receipt", out), out
+    assert re.search(r"refunds\s+│\s+v2 │\s+2 │\s+3 │ Order\s+│ Refund ", out), out
+
+
+def test_graph_draws_the_version_asked_for(env: Env) -> None:
+    newest = parse_dot(ok(env.app, "graph", "refunds"))[0]
+    first = parse_dot(ok(env.app, "graph", "refunds", "--version", "1"))[0]
+    assert "b:Refunder" in newest and "b:Refunder" not in first and "b:Charge" in first
+    assert "refunds v3" in one_line_error(polaris(env.app, "graph", "refunds", "--version", "3"))
 
 
 _DOT_NODE = re.compile(r'^  "([^"]+)" \[(.*)\];$')
@@ -336,7 +375,10 @@ def test_status_of_a_paused_then_a_completed_instance(env: Env, iid: str) -> Non
     assert re.search(r"│\s+2 │ completed │ RideStarted, FareComputed, PaymentConfirmed, "
                      r"RideEnded", out), out
     doc = json.loads(ok(env.app, "status", "cab-ride", iid, "--json"))
-    assert doc["completed"] is True and len(doc["history"]) == 2
+    assert doc["status"] == "completed" and [r["status"] for r in doc["runs"]] == [
+        "completed", "paused"]
+    assert {d["name"]: d["producer"] for d in doc["data"]}["RideEnded"] == "EndRide"
+    assert doc["data"][0]["value"] is not None
 
     # The timeline: each builder, on the worker process that ran it, in order.
     out = ok(env.app, "timeline", "cab-ride", iid)
@@ -399,6 +441,7 @@ def test_status_of_queued_builders_and_recover_resends_them(env: Env, iid: str) 
     assert [(r.run, r.new, r.done) for r in s.runs] == [(1, ("RideRequested",), ())]
     out = ok(env.idle, "status", "cab-ride", iid)
     assert re.search(r"│\s+1 │ MatchCabbie │ queued │\s+1 │ (in|overdue by) ", out), out
+    assert json.loads(ok(env.idle, "status", "cab-ride", iid, "--json"))["status"] == "running"
     assert "runs in flight" in out and "no settled run yet" in out
     out = ok(env.idle, "timeline", "cab-ride", iid)
     assert "run 1 · " in out and "in flight" in out and "no builder attempt has finished" in out
@@ -408,6 +451,42 @@ def test_status_of_queued_builders_and_recover_resends_them(env: Env, iid: str) 
     counts = json.loads(ok(env.idle, "recover", "--json"))
     assert counts["instances"] >= 1 and counts["resent"] >= 1, counts
     assert "reconciler pass:" in ok(env.idle, "recover")
+
+
+def test_instances_lists_by_status_in_pages(env: Env) -> None:
+    tag = uuid.uuid4().hex[:6]
+    good = [f"ok-{tag}-{i}" for i in range(3)]
+    for iid in good:
+        ok(env.app, "submit", "payments", iid, "-d", '{"Order": {"amount": 1}}', "--wait", "30")
+    bad = f"bad-{tag}"
+    polaris(env.app, "submit", "payments", bad, "-d", '{"Order": {"amount": -1}}', "--wait",
+            "30")
+    page = json.loads(ok(env.app, "instances", "payments", "--status", "completed", "--json"))
+    listed = {i["instance_id"]: i["status"] for i in page["items"]}
+    assert all(listed[i] == "completed" for i in good) and bad not in listed
+    failed = json.loads(ok(env.app, "instances", "payments", "-s", "failed", "--json"))
+    assert bad in [i["instance_id"] for i in failed["items"]]
+    out = ok(env.app, "instances", "payments", "--limit", "2")
+    assert "next page: --cursor " in out and re.search(r"completed|failed", out), out
+    cursor = out.split("next page: --cursor ")[1].split()[0]
+    seen = []
+    while cursor:
+        got = json.loads(ok(env.app, "instances", "payments", "-n", "2", "--cursor", cursor,
+                            "--json"))
+        seen += [i["instance_id"] for i in got["items"]]
+        cursor = got["cursor"]
+    assert len(seen) == len(set(seen))
+    assert "cursor" in one_line_error(polaris(env.app, "instances", "payments", "--cursor",
+                                              "nonsense!"))
+    assert "listed" in ok(env.app, "reindex", "payments")
+
+
+def test_timeline_uses_the_full_width_off_a_terminal(env: Env, iid: str) -> None:
+    """COLUMNS says 200; bars of 250 print whole, each row on one line."""
+    ok(env.app, "submit", "payments", iid, "-d", '{"Order": {"amount": 1}}', "--wait", "30")
+    out = ok(env.app, "timeline", "payments", iid, "--width", "250")
+    (row,) = [ln for ln in out.splitlines() if "│ Charge " in ln]
+    assert len(row) > 250 and row.rstrip().endswith("│"), row
 
 
 # -- the default app and the console script --------------------------------------------------

@@ -368,8 +368,9 @@ def test_polaris_web_command_serves_the_view(env: Env) -> None:
     store = env.executor.registry.store
     assert isinstance(store, pc.RedisStore)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "polaris_celery.cli", "-A", "tests.apps.web_app", "web",
-         "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-c", "from polaris_celery.cli import main; main()", "-A",
+         "tests.apps.web_app", "web", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**{k: v for k, v in os.environ.items() if k != "POLARIS_WEB_TOKEN"},
              "POLARIS_REDIS_URL": store.url})
     try:

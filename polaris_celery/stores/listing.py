@@ -126,6 +126,12 @@ class Listings:
         b = bucket(f"{workflow}/{instance_id}")
         if fx.was and fx.was != fx.status:
             ops.add("ZREM", self.status_key(workflow, b, fx.was), instance_id)
+        elif not fx.was and fx.status:
+            # Created from nothing: an earlier life that expired (`retention`) may have left
+            # its entry in any set. Once per life, so every set is cleared blind.
+            for status in STATUSES:
+                if status != fx.status:
+                    ops.add("ZREM", self.status_key(workflow, b, status), instance_id)
         if not fx.status:
             ops.add("ZREM", self.all_key(workflow, b), instance_id)
             ops.add("HDEL", self.ids_key(workflow, b), instance_id)

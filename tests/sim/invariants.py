@@ -24,11 +24,16 @@ harness's `Record`. Each raises `Violation(invariant, detail)`; none calls the l
                    a process died or gave up mid-call: a commit that applied but whose reply
                    was lost, or an old message claiming a new life's builder, leaves an
                    attempt stranded, and is found here even when a re-run hides it
+13. listed         on one node, each instance's entry in its workflow's listing is, at every
+                   moment, its state's status (its own rule here, not the library's), in that
+                   status's set and the workflow's, and of its incarnation (the step's own
+                   script writes it)
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +42,7 @@ import redis
 from polaris_celery.errors import InvalidInput
 
 from . import flows
-from .observe import View, outcomes, run_key, wake_key
+from .observe import PREFIX, View, outcomes, run_key, wake_key
 from .record import Ack, Facts, Record
 from .ttl import Expiry
 
@@ -323,3 +328,47 @@ def repeated_delta(facts: Facts, delta_id: str, payload: str, answer: object) ->
         raise Violation("delta-id", f"delta {delta_id!r} (run {first.run}, {first_payload}) "
                         f"repeated with {payload} was answered {answer}, not refused "
                         "(InvalidInput)")
+
+
+STATUSES = ("open", "running", "paused", "completed", "failed", "cancelled", "timed_out")
+
+
+def _status(doc: dict[str, Any]) -> str:
+    """The instance's status from its document, written again from the query API's docs."""
+    if doc.get("status", "open") != "open":
+        return str(doc["status"])
+    if doc["runs"]:
+        return "running"
+    last = doc.get("last", "")
+    if last == "failed":
+        return "failed"
+    if doc["completed"]:
+        return "completed"
+    return "paused" if last else "open"
+
+
+def listed(r: redis.Redis, workflow: str, view: View) -> None:
+    """13. Every instance that exists has its listing entry, exactly (one node)."""
+    problems: list[str] = []
+    pipe = r.pipeline(transaction=False)
+    shown = [(i, iv) for i, iv in sorted(view.instances.items()) if iv.state.get("doc")]
+    for i, _ in shown:
+        tag = f"{PREFIX}:{{inst:{workflow}:{zlib.crc32(f'{workflow}/{i}'.encode()) % 16}}}"
+        pipe.hget(f"{tag}:id", i)
+        pipe.zscore(f"{tag}:all", i)
+        for s in STATUSES:
+            pipe.zscore(f"{tag}:s:{s}", i)
+    got = pipe.execute()
+    width = 2 + len(STATUSES)
+    for n, (i, iv) in enumerate(shown):
+        entry, in_all, *sets = got[n * width:(n + 1) * width]
+        want = _status(json.loads(iv.state["doc"]))
+        where = [s for s, score in zip(STATUSES, sets, strict=True) if score is not None]
+        inc, _, rest = (entry or "").partition("|")
+        v, _, status = rest.partition("|")
+        if (status != want or inc != iv.state.get("inc") or not v.isdigit()
+                or int(v) > int(iv.state.get("v", 0)) or in_all is None or where != [want]):
+            problems.append(f"{i}: is {want} (v{iv.state.get('v')}, inc {iv.state.get('inc')})"
+                            f" but listed as {entry!r}, in sets {where}, in all: "
+                            f"{in_all is not None}")
+    _raise("listed", problems)

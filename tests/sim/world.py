@@ -267,6 +267,7 @@ class World:
                    {i: key(WF, i, "state") for i in self.instances})
         self.check(invariants.incarnations, view, self.record)
         self.check(invariants.watched, view, WF, self.poisoned())
+        self.check(invariants.listed, self.lab.redis, WF, view)
         return view
 
     def look_now(self) -> View:
