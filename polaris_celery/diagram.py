@@ -7,7 +7,7 @@ is highlighted; consumes are solid edges, optionals dashed, accesses dotted.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel
 
@@ -57,8 +57,12 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def to_dot(graph: Graph, direction: str = "TB") -> str:
-    """Graphviz DOT: builders as boxes, data as ellipses, inputs dashed, the target in gold."""
+def to_dot(graph: Graph, direction: str = "TB", extra: Mapping[str, str] | None = None) -> str:
+    """Graphviz DOT: builders as boxes, data as ellipses, inputs dashed, the target in gold.
+
+    extra: more attributes per node (`"b:Name"` or `"d:Name"` -> `id="...", class="..."`),
+    which the web view uses to find and colour nodes in the SVG."""
+    more = {n: f", {a}" for n, a in (extra or {}).items()}
     lines = [
         f"digraph {_q(graph.key)} {{",
         f'  graph [rankdir={direction}, label={_q(f"{graph.key}  (target: {graph.target})")}, '
@@ -76,12 +80,12 @@ def to_dot(graph: Graph, direction: str = "TB") -> str:
         elif d in graph.inputs:
             attrs = 'shape=ellipse, style="filled,dashed", fillcolor="#e3f2fd", color="#1565c0"'
             label = f"{d}\\ninput"
-        lines.append(f'  {_q("d:" + d)} [label="{label}", {attrs}];')
+        lines.append(f'  {_q("d:" + d)} [label="{label}", {attrs}{more.get("d:" + d, "")}];')
     for b in graph.builder_names:
         note = _builder_note(graph, b)
         label = f"{b}\\n{note}" if note else b
         lines.append(f'  {_q("b:" + b)} [label="{label}", shape=box, '
-                     'style="rounded,filled", fillcolor="#eceff1"];')
+                     f'style="rounded,filled", fillcolor="#eceff1"{more.get("b:" + b, "")}];')
     style = {"consumes": "", "optional": ' [style=dashed, label="optional"]',
              "accesses": ' [style=dotted, arrowhead=none, label="accesses"]',
              "produces": " [penwidth=1.6]"}

@@ -8,6 +8,7 @@
     polaris reindex KEY
     polaris submit KEY ID --data '{"RideRequested": {...}}' [--delta-id X] [--wait S] [--json]
     polaris recover [--json]
+    polaris web [--host H] [--port P] [--token T]
 
 One module per job: `app` finds the user's app and holds the group, `graphs` the workflows
 and their graphs, `instance` one instance (status, timeline), `listing` many, `run` submits and
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..web.command import web
 from . import graphs, instance, listing, run
 from .app import App, cli, load_app
 
 __all__ = ["App", "cli", "load_app", "main"]
 
 _COMMANDS = (graphs, instance, listing, run)  # imported for the commands they add to `cli`
+cli.add_command(web)  # `polaris web` lives in polaris_celery/web/command.py
 
 
 def main(argv: Sequence[str] | None = None) -> None:
