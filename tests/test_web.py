@@ -3,7 +3,9 @@ against the view served by a real uvicorn, over a private redis-server and a rea
 worker process running tests/apps/web_app.py, whose `Charge` builder waits until the test
 pushes its gate (a Redis list), so a page can be opened while a run is in flight.
 
-The screenshots in docs/ (web-list.png, web-instance.png) are written by these tests.
+The screenshots in docs/ (web-list.png, web-instance.png) are taken by these tests: into
+docs/ when POLARIS_SCREENSHOTS=1 (`POLARIS_SCREENSHOTS=1 make test` refreshes them), otherwise
+into the test's temporary folder, so a plain test run leaves the checkout as it was.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from .apps import web_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+
+
+def shot(name: str, tmp: Path) -> str:
+    """Where a screenshot goes: docs/ when asked for, else the test's own folder."""
+    return str((DOCS if os.environ.get("POLARIS_SCREENSHOTS") == "1" else tmp) / name)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WF = "web-order"
 
@@ -184,7 +191,7 @@ def _state(page: Any, builder: str) -> str | None:
     return got.get_attribute("data-state") if got.count() else None
 
 
-def test_instance_page_turns_a_builder_done_live(env: Env, page: Any) -> None:
+def test_instance_page_turns_a_builder_done_live(env: Env, page: Any, tmp_path: Path) -> None:
     i = iid("live")
     env.executor.submit_delta(WF, i, order("coffee", 2))
     env.wait(lambda: env.charge_running(i), why="Charge to run")
@@ -196,7 +203,7 @@ def test_instance_page_turns_a_builder_done_live(env: Env, page: Any) -> None:
     assert page.locator("#live").get_attribute("data-events")
     page.evaluate("window.__notReloaded = true")
     page.wait_for_function("document.getElementById('live').dataset.updates >= 1")
-    page.screenshot(path=str(DOCS / "web-instance.png"), full_page=True)
+    page.screenshot(path=shot("web-instance.png", tmp_path), full_page=True)
 
     env.gate(i)
     page.wait_for_function(
@@ -389,12 +396,12 @@ def test_polaris_web_command_serves_the_view(env: Env) -> None:
         proc.wait(10)
 
 
-def test_screenshot_of_the_list(env: Env, page: Any) -> None:
+def test_screenshot_of_the_list(env: Env, page: Any, tmp_path: Path) -> None:
     """Last, so the list holds every kind of instance the tests above left; one more runs."""
     i = iid("running")
     env.executor.submit_delta(WF, i, order())
     env.wait(lambda: env.charge_running(i), why="Charge to run")
     page.goto(f"{env.base}/?wf={WF}&limit=12")
     assert page.locator(f'#instances tr[data-instance="{i}"] .badge').inner_text() == "running"
-    page.screenshot(path=str(DOCS / "web-list.png"), full_page=True)
+    page.screenshot(path=shot("web-list.png", tmp_path), full_page=True)
     env.gate(i)
