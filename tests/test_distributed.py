@@ -231,3 +231,26 @@ def test_store_outage_is_a_clear_error(iid):
         with pytest.raises(pc.StoreUnavailable, match="Redis unreachable"):
             ex.submit_delta("dbf", iid, A(v=1))
     _ = C, D
+
+
+def test_a_wide_fan_out_shares_messages_and_runs_each_builder_once(celery_env: CeleryEnv, iid):
+    """Beyond chunks.SPREAD dispatches of one run, builders share broker messages (fewer
+    messages to publish and to receive), each still claimed and committed on its own."""
+    captured: list[dict] = []
+
+    def grab(sender=None, body=None, **kw):
+        if str(sender).startswith("polaris.wide."):
+            captured.append(body[1])
+
+    before_task_publish.connect(grab, weak=False)
+    try:
+        r = celery_env.executor.submit_delta("wide", iid, A(v=1)).wait(20)
+    finally:
+        before_task_publish.disconnect(grab)
+    assert r.completed and r.get(scenarios.WideDone) == scenarios.WideDone(
+        v=sum(range(scenarios.WIDE)))
+    ran = calls(iid)
+    assert sorted(ran) == sorted([f"Wide{i}" for i in range(scenarios.WIDE)] + ["WideJoin"])
+    carried = [1 + len(kw.get("more", [])) for kw in captured]
+    assert sum(carried) == scenarios.WIDE  # every part dispatched once (the join ran inline)
+    assert len(captured) == 35 and max(carried) == 2  # 70 over at least SPREAD=32 messages

@@ -19,7 +19,7 @@ from celery import Celery, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from pydantic import BaseModel
 
-from .. import faults, metrics, tracing
+from .. import chunks, faults, metrics, tracing
 from ..builder import BuilderSpec
 from ..coordinator import Coordinator, RunRef, task_budget
 from ..errors import (
@@ -333,17 +333,22 @@ class CeleryExecutor:
             return
         workflow, builder = target
         kw = kwargs or {}
-        try:
-            again = self.coordinator.lose(
-                workflow, str(kw["instance"]), int(kw["run"]), builder, int(kw["attempt"]),
-                str(kw.get("inc", "")), f"{type(exception).__name__}: {exception}")
-        except Exception as exc:  # the lease is the fallback: never break the worker
-            log.warning("polaris: could not re-run %s at once (%s); its lease will", name, exc)
-            return
-        if again:
-            log.warning("polaris: %s for %s run %s attempt %s lost its process (%s); running "
-                        "it again", name, kw.get("instance"), kw.get("run"), kw.get("attempt"),
-                        type(exception).__name__)
+        # A packed message (chunks.py) died with every builder it still carried: those not
+        # done are run again at once too, each under a new token.
+        carried = [(builder, kw.get("attempt")), *[tuple(m) for m in kw.get("more") or []]]
+        for b, attempt in carried:
+            try:
+                again = self.coordinator.lose(
+                    workflow, str(kw["instance"]), int(kw["run"]), str(b), int(attempt),
+                    str(kw.get("inc", "")), f"{type(exception).__name__}: {exception}")
+            except Exception as exc:  # the lease is the fallback: never break the worker
+                log.warning("polaris: could not re-run %s at once (%s); its lease will",
+                            name, exc)
+                continue
+            if again:
+                log.warning("polaris: %s of %s run %s attempt %s lost its process (%s); "
+                            "running it again", b, kw.get("instance"), kw.get("run"), attempt,
+                            type(exception).__name__)
 
     def _mine(self, sender: Any) -> bool:
         """Signals are process-wide: this executor answers only for its own app."""
@@ -379,17 +384,30 @@ class CeleryExecutor:
         log.error("polaris: %s: %s", type(rejected).__name__, rejected)
 
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
-        for i, d in enumerate(dispatches):
+        def queue(d: Dispatch) -> str | None:
+            return self.registry.graph(d.workflow, d.version).specs[d.builder].queue
+
+        # A wide fan-out packs several builders into a message (chunks.py says when).
+        for i, message in enumerate(chunks.pack(dispatches, self.settings.dispatch_chunk, queue)):
             if i:
                 faults.point("mid_send")
-            spec = self.registry.graph(d.workflow, d.version).specs[d.builder]
-            kwargs = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
-                      "version": d.version, "inc": d.incarnation}
+            d, more = message[0], message[1:]
+            graph = self.registry.graph(d.workflow, d.version)
+            kwargs: dict[str, Any] = {"instance": d.instance_id, "run": d.run,
+                                      "attempt": d.token, "version": d.version,
+                                      "inc": d.incarnation}
+            limits: dict[str, float] = {}
+            if more:
+                kwargs["more"] = [[m.builder, m.token] for m in more]
+                # The message's time limits cover every builder it carries.
+                budget = sum(task_budget(graph.specs[m.builder].time_limit) for m in message)
+                limits = {"soft_time_limit": budget,
+                          "time_limit": budget + self.settings.lease_grace / 2}
             for _ in range(faults.copies("send", d)):  # >1 only in chaos tests
                 self.app.send_task(
                     task_name(d.workflow, d.builder),
                     kwargs=kwargs,
-                    queue=spec.queue,
+                    queue=queue(d),
                     countdown=d.countdown or None,
                     # No result backend round trips, and Flower's argument summary without
                     # Celery's saferepr.
@@ -397,6 +415,7 @@ class CeleryExecutor:
                     argsrepr="()",
                     kwargsrepr=repr(kwargs),
                     headers=tracing.headers(),  # observe: the run's trace context
+                    **limits,
                 )
 
 
@@ -410,6 +429,7 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             attempt = kwargs.pop("attempt")
             version = kwargs.pop("version", 1)
             inc = kwargs.pop("inc", "")
+            more = kwargs.pop("more", [])
             if kwargs:
                 raise MessageRejected(f"unexpected arguments {sorted(kwargs)}")
             ints = (run, attempt, version)
@@ -417,6 +437,10 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                     isinstance(x, int) and not isinstance(x, bool) for x in ints):
                 raise MessageRejected("instance and inc must be strings; run, attempt, version "
                                       "integers")
+            if not isinstance(more, list) or not all(
+                    isinstance(m, list) and len(m) == 2 and isinstance(m[0], str)
+                    and isinstance(m[1], int) and not isinstance(m[1], bool) for m in more):
+                raise MessageRejected("more must be a list of [builder, attempt] pairs")
         except (KeyError, MessageRejected) as exc:
             log.error("polaris: rejected a message for %s.%s: %s", workflow, builder, exc)
             raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
@@ -434,6 +458,12 @@ def _make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                                     queue=spec.queue if spec else None,
                                     worker=task.request.hostname, version=version,
                                     incarnation=inc)
+                # The rest of a packed fan-out (chunks.py), each claimed on its own.
+                for other, token in more:
+                    coordinator.execute(workflow, instance, run, other, token,
+                                        queue=spec.queue if spec else None,
+                                        worker=task.request.hostname, version=version,
+                                        incarnation=inc)
         except UnknownVersion:
             # Another worker runs that version (a deploy in progress): hand the message on.
             # Wait first, holding this worker's only prefetch slot, then publish at once: a
