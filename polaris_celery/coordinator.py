@@ -47,7 +47,7 @@ from .machine import Machine, Step, input_names
 from .observe import Observer, Observers  # observe
 from .registry import Registry, check_instance_id
 from .result import RunRef, RunResult
-from .stores.redis import RedisStore, retry_unavailable
+from .stores.redis import RedisStore, retry_unavailable, whole_fields
 
 log = logging.getLogger("polaris_celery")
 
@@ -242,7 +242,8 @@ class Coordinator:
         status, snap, raw = self._retrying(lambda: self.store.begin(
             k, incarnation, lease_field(run, builder), token,
             running_lease(token, ends, task.claim), ends, task.claim, data_names, run_names,
-            run, sorted(reads.claim(graph, run, builder) | want.fields), sorted(want.data)))
+            run, sorted(reads.claim(graph, run, builder) | want.fields), sorted(want.data),
+            want.whole))
         if status != "ok" or snap is None:
             log.info("polaris: skipped %s/%s run %s %s attempt %s: %s",
                      workflow, instance_id, run, builder, token, status)
@@ -357,10 +358,11 @@ class Coordinator:
         else:  # read by the very script that claimed it, after its writes
             fields = sorted(want.fields)
             data = sorted(want.data)
-            next_snap = Snapshot(
-                snap.version + 1, step.doc, snap.inc,
+            values, known = (whole_fields(got[2]), None) if want.whole else (
                 {f: x.decode() for f, x in zip(fields, got[2], strict=True) if x is not None},
-                frozenset(fields), {d: bool(x) for d, x in zip(data, got[3], strict=True)})
+                frozenset(fields))
+            next_snap = Snapshot(snap.version + 1, step.doc, snap.inc, values, known,
+                                 {d: bool(x) for d, x in zip(data, got[3], strict=True)})
         return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
 
     def _observe_finished(self, c: _Claimed, out: Outcome, committed: bool) -> None:  # observe

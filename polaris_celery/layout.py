@@ -158,7 +158,7 @@ class Ops:
 
     def add(self, op: str, key: str, *args: Any) -> Ops:
         self.args.extend((op, self._key(key), len(args), *args))
-        if op in ("HMGET", "HKEYS", "HEXISTSM"):
+        if op in ("HMGET", "HKEYS", "HGETALL", "HEXISTSM"):
             self.reads += 1
         return self
 

@@ -107,8 +107,12 @@ class Machine:
                 # ... and, as the step leaves it, what the successor's own claim and commit
                 # will read (reads.py): it decides from this reply, fenced on the next version.
                 want = reads.commit(graph, run.id, b)
-                step.inline_want = Want(want.fields | reads.claim(graph, run.id, b), want.data)
-                step.ops.add("HMGET", k.state, *sorted(step.inline_want.fields))
+                step.inline_want = Want(want.fields | reads.claim(graph, run.id, b), want.data,
+                                        want.whole)
+                if want.whole:
+                    step.ops.add("HGETALL", k.state)
+                else:
+                    step.ops.add("HMGET", k.state, *sorted(step.inline_want.fields))
                 step.ops.add("HEXISTSM", k.data, *sorted(step.inline_want.data))
                 self.index(k, step, deadline)
                 step.inline = b

@@ -5,7 +5,7 @@
 --   EXPECT k field value   abort (as a conflict) unless HGET k field == value ('' = absent)
 --   ONCE k field value     written (HSET) with the rest; on a conflict, if k already holds it,
 --                          the caller's write was applied before (its reply was lost): {2, v}
---   HMGET / HKEYS          reads whose replies are returned, in order (after the writes)
+--   HMGET / HKEYS / HGETALL  reads whose replies are returned, in order (after the writes)
 --   HEXISTSM k f1 f2 ...   a read: HEXISTS of each field, as a list of 0/1
 --   anything in WRITES     executed as is
 -- Reply: {1, version, reads} when applied, {0, version} on a conflict (the caller reads again
@@ -45,7 +45,8 @@ for _, op in ipairs(ops) do
     redis.call('HSET', op[2], op[3][1], op[3][2])
   elseif WRITES[name] then
     redis.call(name, op[2], unpack(op[3]))
-  elseif name ~= 'EXPECT' and name ~= 'HMGET' and name ~= 'HKEYS' and name ~= 'HEXISTSM' then
+  elseif name ~= 'EXPECT' and name ~= 'HMGET' and name ~= 'HKEYS' and name ~= 'HGETALL'
+      and name ~= 'HEXISTSM' then
     return redis.error_reply('polaris cas: operation not allowed: ' .. name)
   end
 end
@@ -53,7 +54,7 @@ end
 local reads = {}
 for _, op in ipairs(ops) do
   local name = op[1]
-  if name == 'HMGET' or name == 'HKEYS' then
+  if name == 'HMGET' or name == 'HKEYS' or name == 'HGETALL' then
     reads[#reads + 1] = redis.call(name, op[2], unpack(op[3]))
   elseif name == 'HEXISTSM' then
     local got = {}
