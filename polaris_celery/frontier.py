@@ -88,15 +88,20 @@ class Fields:
 
     `known` None: everything is known (a new run, a local executor, a whole read) and a field
     not in `values` is absent. Otherwise asking for a field outside `known` raises NeedMore.
-    Changes are kept in `dirty` (None: delete) for the store to write.
+    `values` holds what was read with this step's changes applied; the changes are also kept in
+    `dirty` (None: delete) for the store to write, unless `track` is off (the local executors
+    keep a run in memory only: for them a field is one dict operation).
     """
 
+    __slots__ = ("dirty", "known", "run_id", "track", "values")
+
     def __init__(self, run_id: int, values: dict[str, str] | None = None,
-                 known: Set[str] | None = None) -> None:
+                 known: Set[str] | None = None, *, track: bool = True) -> None:
         self.run_id = run_id
         self.values: dict[str, str] = values or {}
         self.known = known
         self.dirty: dict[str, str | None] = {}
+        self.track = track
 
     @property
     def complete(self) -> bool:
@@ -120,23 +125,28 @@ class Fields:
             raise NeedMore(whole=True)
 
     def get(self, name: str) -> str | None:
-        dirty = self.dirty
-        if name in dirty:
-            return dirty[name]
-        if self.known is not None and name not in self.known:
+        known = self.known
+        if known is not None and name not in known and name not in self.dirty:
             raise NeedMore(fields=(self.full(name),))
         return self.values.get(name)
 
     def put(self, name: str, value: str | None) -> None:
-        self.dirty[name] = value
+        if value is None:
+            self.values.pop(name, None)
+        else:
+            self.values[name] = value
+        if self.track:
+            self.dirty[name] = value
+
+    def names(self) -> set[str]:
+        """Every field read or written (what settling the run deletes)."""
+        return {*self.values, *self.dirty}
 
     def kind(self, kind: str) -> dict[str, str]:
         """Every field of one kind (`a`, `x`, ...), by name; needs them all."""
         self.need_whole()
-        merged = {**self.values, **self.dirty}
         prefix = kind + ":"
-        return {k[len(prefix):]: v for k, v in merged.items()
-                if k.startswith(prefix) and v is not None}
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
 
 
 class Presence(AbstractSet[str]):
@@ -335,6 +345,9 @@ class RunState:
             self.waiting.clear()
             return []
         before = self.waiting
+        if not before and not self.n_active and len(changed) == 1 \
+                and self.fields.known is None and not isinstance(present, Presence):
+            return self._advance_quiet(graph, consumers(changed[0]), present)
         if not before and len(changed) == 1:
             # The common step (one datum produced, nothing waiting): its consumers are already
             # in rank order.
@@ -376,6 +389,30 @@ class RunState:
                 ready.append(b)  # pending until dispatched() makes it active
                 pending[c] |= graph.bits[b]
         if not ready and not self.waiting and not self.n_active:  # the pass is over
+            return self._next_pass(graph, present)
+        return ready
+
+    def _advance_quiet(self, graph: Graph, ordered: Sequence[str], present: Set[str]
+                       ) -> list[str]:
+        """`_advance` of one datum's consumers (in rank order) with nothing active or waiting
+        and every field known: a local executor's common step, by the same rules without the
+        bookkeeping that active and waiting builders and a partial view need."""
+        values = self.fields.values
+        pending: dict[int, int] = {}
+        ready: list[str] = []
+        for b in ordered:
+            if f"x:{b}" in values or f"a:{b}" in values:
+                continue  # done (or active: not while nothing is active)
+            c = graph.component[b]
+            bits = pending.get(c, 0)
+            if graph.ancestors[b] & bits:
+                self.waiting[b] = 0
+            elif all(self._present(graph, present, n) for n in graph.specs[b].consume_names):
+                ready.append(b)
+            else:
+                continue
+            pending[c] = bits | graph.bits[b]
+        if not ready and not self.waiting:  # the pass is over
             return self._next_pass(graph, present)
         return ready
 

@@ -168,7 +168,7 @@ class Machine:
                 doc.open.append(run.id)
             return
         produced = run.produced  # needs the whole run read (once per run)
-        gone = [run.fields.full(f) for f in run.fields.values]
+        gone = [run.fields.full(f) for f in sorted(run.fields.names())]
         if run.id in doc.open:
             doc.open.remove(run.id)
             gone.append(header_name(run.id))

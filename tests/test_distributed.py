@@ -316,3 +316,6 @@ def test_a_chain_commits_and_settles_in_one_script_per_builder(redis_url, iid, i
                   incarnation=d.incarnation)
     assert c.result("two-steps", iid, ref, timeout=5).get(Hop2) == Hop2(v=2)
     assert counts == {"view": 0, "cas": 2, "begin": 1 if inline else 2}
+    # ... and it left nothing of the run behind in the state hash.
+    state = c.store.client.hkeys(c.store.keys("two-steps", iid).state)
+    assert sorted(state) == [b"doc", b"inc", b"v"]
