@@ -16,7 +16,8 @@ from typing import Any
 
 from . import codec
 from .errors import ConfigurationError, PolarisError
-from .frontier import Fields, NeedMore, RunState, header_name
+from .fields import Fields, NeedMore, header_name
+from .frontier import RunState
 from .graph import Graph
 from .layout import Snapshot
 

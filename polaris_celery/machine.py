@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import reads
-from .frontier import BuilderError, RunState, header_name
+from .fields import header_name
+from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, Settings, lease_field, queued_lease, running_lease
 from .layout import Effects, Keys, Ops, Snapshot, Want

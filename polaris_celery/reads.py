@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .frontier import NeedMore, field_name, header_name
+from .fields import NeedMore, field_name, header_name
 from .graph import Graph
 from .layout import Want
 

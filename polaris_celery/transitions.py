@@ -21,7 +21,8 @@ import math
 from collections.abc import Callable, Mapping
 
 from .errors import InstanceClosed
-from .frontier import BuilderError, Presence, RunState
+from .fields import Presence
+from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, lease_field, parse_lease, queued_lease
 from .layout import Keys, Ops, Snapshot

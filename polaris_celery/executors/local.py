@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from .. import codec
 from ..errors import BuilderFailed, InstanceClosed
-from ..frontier import BuilderError, Fields, RunState
+from ..fields import Fields
+from ..frontier import BuilderError, RunState
 from ..graph import Graph
 from ..hooks import Hook, HookInfo, Hooks
 from ..invoke import AfterHook, BeforeHook, Outcome, attempt, failed

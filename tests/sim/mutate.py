@@ -94,9 +94,9 @@ M["c15"] = [rep("polaris_celery/coordinator.py",
 M["c08"] = [rep("polaris_celery/invoke.py",
     "        raw = None if produced is None else _checked(spec, produced, max_bytes)",
     "        raw = None  # MUTATION c08: not encoded in the attempt"),
-    rep("polaris_celery/coordinator.py",
-    "self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,\n",
-    "self.machine, graph, k, snap, c.run, c.builder, c.token,"
+    rep("polaris_celery/attempts.py",
+    "co.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,\n",
+    "co.machine, graph, k, snap, c.run, c.builder, c.token,"
     " codec.encode(out.produced) if out.produced is not None else None,\n")]
 # Issue 12 (the run's state as fields read partially): a waiting join that is never released
 # (its count of active ancestors never goes down), and a partial view that takes a field it
@@ -109,7 +109,7 @@ M["f01"] = [rep("polaris_celery/frontier.py",
                 if graph.is_upstream(builder, w):
                     self.waiting[w] -= 1""",
     """            self.n_active -= 1  # MUTATION f01: waiting counts never go down""")]
-M["f02"] = [rep("polaris_celery/frontier.py",
+M["f02"] = [rep("polaris_celery/fields.py",
     """        if self.known is None:
             return
         missing""",
