@@ -42,10 +42,13 @@ class Fields:
     not in `values` is absent. Otherwise asking for a field outside `known` raises NeedMore.
     `values` holds what was read with this step's changes applied; the changes are also kept in
     `dirty` (None: delete) for the store to write, unless `track` is off (the local executors
-    keep a run in memory only: for them a field is one dict operation).
+    keep a run in memory only: for them a field is one dict operation). With `track`, `read`
+    records each stored value a decision looked at ('' absent), and `read_all` whether it looked
+    at every field: what a commit must find unchanged to apply without the version fence
+    (machine.Machine.seal_quiet).
     """
 
-    __slots__ = ("dirty", "known", "run_id", "track", "values")
+    __slots__ = ("dirty", "known", "read", "read_all", "run_id", "track", "values")
 
     def __init__(self, run_id: int, values: dict[str, str] | None = None,
                  known: Set[str] | None = None, *, track: bool = True) -> None:
@@ -54,6 +57,8 @@ class Fields:
         self.known = known
         self.dirty: dict[str, str | None] = {}
         self.track = track
+        self.read: dict[str, str] = {}
+        self.read_all = False
 
     @property
     def complete(self) -> bool:
@@ -80,7 +85,10 @@ class Fields:
         known = self.known
         if known is not None and name not in known and name not in self.dirty:
             raise NeedMore(fields=(self.full(name),))
-        return self.values.get(name)
+        got = self.values.get(name)
+        if self.track and name not in self.dirty:
+            self.read[name] = got or ""
+        return got
 
     def put(self, name: str, value: str | None) -> None:
         if value is None:
@@ -97,6 +105,7 @@ class Fields:
     def kind(self, kind: str) -> dict[str, str]:
         """Every field of one kind (`a`, `x`, ...), by name; needs them all."""
         self.need_whole()
+        self.read_all = True
         prefix = kind + ":"
         return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
 
@@ -108,6 +117,7 @@ class Presence(AbstractSet[str]):
     def __init__(self, known: dict[str, bool], complete: bool = False) -> None:
         self.known = known
         self.complete = complete  # every name is in `known`: any other is absent
+        self.asked = False  # a decision looked at which data exist
 
     def missing(self, names: Iterable[str]) -> list[str]:
         return [] if self.complete else [n for n in names if n not in self.known]
@@ -117,12 +127,15 @@ class Presence(AbstractSet[str]):
             return False
         if self.missing((name,)):
             raise NeedMore(data=(name,))
+        self.asked = True
         return self.known.get(name, False)
 
     def __iter__(self) -> Iterator[str]:
+        self.asked = True
         return (n for n, there in self.known.items() if there)
 
     def __len__(self) -> int:
+        self.asked = True
         return sum(1 for there in self.known.values() if there)
 
     def add(self, name: str) -> None:

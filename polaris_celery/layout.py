@@ -134,19 +134,24 @@ class Snapshot:
 class Ops:
     """A list of operations for cas.lua, with their keys numbered as the script expects.
 
-    Besides plain writes the script knows two guards: EXPECT (abort unless a hash field holds
-    a value) and ONCE (a mark naming this very write: if it is already there the write was
-    applied before, and the caller is told so instead of a conflict). See cas.lua.
+    Besides plain writes the script knows these guards: EXPECT (abort unless a hash field holds
+    a value), ONCE (a mark naming this very write: if it is already there the write was
+    applied before, and the caller is told so instead of a conflict) and QUIET (a run's header
+    counters changed by deltas, see machine.Machine.seal_quiet). See cas.lua. `fenced` False:
+    the ops are not checked against the version they were decided from (their guards check
+    all they depend on instead).
     """
 
     def __init__(self, state_key: str, data_key: str) -> None:
         self.keys: list[str] = [state_key, data_key]
         self.args: list[Any] = []
         self.reads = 0
+        self.fenced = True
 
     def copy(self) -> Ops:
         other = Ops.__new__(Ops)
         other.keys, other.args, other.reads = list(self.keys), list(self.args), self.reads
+        other.fenced = self.fenced
         return other
 
     def _key(self, key: str) -> int:

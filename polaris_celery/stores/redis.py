@@ -279,9 +279,11 @@ class RedisStore:
         else:
             ops = ops.copy()
             shared.in_script(ops, fx, k.member, k.instance_id)
+        # Unfenced ops (a quiet commit) check what they depend on themselves.
+        version = expected.version if ops.fenced else ""
         reply = _wrap(lambda: self._acked(
             k.state, lambda client: self._cas(keys=ops.keys, client=client,
-                                              args=[expected.version, expected.inc, *ops.args])),
+                                              args=[version, expected.inc, *ops.args])),
             "committing")
         code = int(reply[0])
         if code in (1, 2) and self.cluster:

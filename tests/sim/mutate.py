@@ -116,6 +116,17 @@ M["f02"] = [rep("polaris_celery/fields.py",
     """        if True:  # MUTATION f02: what was not read counts as absent
             return
         missing""")]
+# Issue 12 item 4, quiet commits (machine.Machine.seal_quiet): a sibling's commit applied
+# without the version fence no longer checks that the counters it moves stay above 0, so the
+# last branch of a fan-out can apply the "not last" decision it made before its sibling
+# committed. Caught by the simulator (300 seeds: seed 171, a run never settles) and by
+# tests/test_quiet_commits.py.
+M["q01"] = [rep("polaris_celery/stores/cas.lua",
+    "  if h.active <= 0 then return nil end\n",
+    "  -- MUTATION q01: no active guard\n"),
+    rep("polaris_celery/stores/cas.lua",
+    "    if hw[a[i]] <= 0 then return nil end\n",
+    "    -- MUTATION q01: no waiting guard\n")]
 M["c09"] = [rep("polaris_celery/invoke.py",
     "        return codec.encode_valid(produced, max_bytes)",
     "        return codec.encode(produced)  # MUTATION c09: no validation")]
