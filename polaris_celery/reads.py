@@ -54,7 +54,9 @@ def commit(graph: Graph, run: int, builder: str, hops: int = 2) -> Want:
     want = Want(frozenset(fields | more), frozenset(data), whole=name == graph.target)
     if hops > 1 and len(consumers) == 1:  # only a lone successor may run inline
         nxt = commit(graph, run, consumers[0], hops - 1)
-        want = Want(want.fields | nxt.fields, want.data | nxt.data, want.whole or nxt.whole)
+        # Not nxt.whole: a successor run inline decides from what the step claiming it reads
+        # back (machine.dispatch), and a join's branches must not each read the whole run.
+        want = Want(want.fields | nxt.fields, want.data | nxt.data, want.whole)
     return want
 
 
