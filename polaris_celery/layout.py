@@ -4,6 +4,8 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
 
     pc:{wf/id}:state          HASH  v, inc, doc               version, incarnation, the document
                                     r:N                     header of run N, while in flight
+                                                            (JSON; a quiet commit moves its
+                                                            counters in cas.lua: QUIET)
                                     a:N:B x:N:B f:N:B l:N:B builder B in run N: token while
                                                             active, done, failed / lost attempts
                                     n:N:D p:N:D             datum D new in run N; its order
