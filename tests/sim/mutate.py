@@ -127,6 +127,12 @@ M["q01"] = [rep("polaris_celery/stores/cas.lua",
     rep("polaris_celery/stores/cas.lua",
     "    if hw[a[i]] <= 0 then return nil end\n",
     "    -- MUTATION q01: no waiting guard\n")]
+# Settling a run deletes only the fields it read, not those its own step wrote or deleted
+# (the last builder's token `a:N:B`, deleted in the same step, stays behind). Caught by the
+# simulator's `leftovers` invariant and tests/test_distributed.py's one-script chain test.
+M["f03"] = [rep("polaris_celery/machine.py",
+    "gone = [run.fields.full(f) for f in sorted(run.fields.names())]",
+    "gone = [run.fields.full(f) for f in run.fields.values]  # MUTATION f03")]
 M["c09"] = [rep("polaris_celery/invoke.py",
     "        return codec.encode_valid(produced, max_bytes)",
     "        return codec.encode(produced)  # MUTATION c09: no validation")]
