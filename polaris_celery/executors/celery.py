@@ -3,7 +3,8 @@ that imports celery; the decisions all live in `coordinator`.
 
 Task messages carry ids only (instance, run, attempt; the workflow and builder are the task's
 name), as JSON keyword arguments, so Flower shows `polaris.cab-ride.MatchCabbie(instance=...,
-run=3, attempt=1)` and never a payload.
+run=3, attempt=1)` and never a payload. A message of a wide fan-out carries the other builders
+it packs as `more=[[builder, attempt], ...]` (chunks.py).
 """
 
 from __future__ import annotations
