@@ -426,7 +426,7 @@ def count_trips(lines: list[dict[str, Any]], producer_addrs: set[str],
             in_multi.discard(addr)
             name = "MULTI/EXEC"
         t.by_cmd[name] += 1
-        if name == "ZRANGEBYSCORE":
+        if name in ("ZCOUNT", "ZRANGEBYSCORE"):  # the reconciler scanning the index
             t.reconciler += 1
         elif addr in producer_addrs:
             t.producer += 1

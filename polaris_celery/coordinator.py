@@ -17,7 +17,6 @@ source, so the simulator (tests/sim) can drive all of it deterministically.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -26,24 +25,22 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from . import codec, faults, lifecycle, reads, recovery, transitions, waiting
+from . import attempts, codec, lifecycle, reads, recovery, transitions, waiting
+from .attempts import task_budget
 from .errors import (
     ConfigurationError,
     DeltaConflict,
     InvalidInput,
-    MessageRejected,
     UnknownWorkflow,
 )
-from .frontier import BuilderError, NeedMore, field_name
+from .fields import NeedMore
 from .graph import Graph
 from .hooks import NO_HOOKS, HookInfo, Hooks
-from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion, lease_field, running_lease
-from .invoke import Outcome, attempt, failed
+from .instance import Dispatch, InstanceDoc, Settings, UnknownVersion
 from .layout import Keys, Snapshot
-from .machine import Machine, Step, input_names
+from .machine import Machine, Step
 from .observe import Observer, Observers  # observe
 from .registry import Registry, check_instance_id
 from .result import RunRef, RunResult
@@ -55,38 +52,9 @@ MAX_DELTA_ID = 200
 T = TypeVar("T")
 
 
-def task_budget(time_limit: float) -> float:
-    """The time a delivered task may take: its builder's time_limit, and as much again for
-    successors run inline in it. Celery's soft time limit for the task is set to this."""
-    return 2 * time_limit
-
-
 def new_id() -> str:
     """A claim or incarnation id: time-ordered (so incarnations sort by age), then random."""
     return f"{int(time.time() * 1000):x}{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One delivered task: its claim id, queue, worker name, and when its time is up."""
-
-    claim: str
-    queue: str | None
-    by: str
-    budget_ends: float
-
-
-@dataclass
-class _Claimed:
-    """An attempt that holds its lease: what it needs to run and then commit."""
-
-    graph: Graph
-    keys: Keys
-    run: int
-    builder: str
-    token: int
-    snap: Snapshot
-    raw: dict[str, bytes]
 
 
 class Coordinator:
@@ -132,7 +100,7 @@ class Coordinator:
     def settings(self, settings: Settings) -> None:
         self.machine = Machine(settings, self.worker_name)
 
-    def _retrying(self, fn: Callable[[], T]) -> T:
+    def retrying(self, fn: Callable[[], T]) -> T:
         return retry_unavailable(fn, sleep=self.sleep)
 
     # -- producers ----------------------------------------------------------------------------
@@ -219,154 +187,18 @@ class Coordinator:
     def execute(self, workflow: str, instance_id: str, run: int, builder: str, token: int,
                 queue: str | None = None, worker: str | None = None, version: int = 1,
                 incarnation: str = "") -> None:
-        """Run one delivered attempt and every successor it may run inline, committing each.
+        attempts.execute(self, workflow, instance_id, run, builder, token, queue, worker,
+                         version, incarnation)
 
-        `worker` names who ran it in the instance's log (the Celery node name, by default
-        host:pid). Raises UnknownVersion when this process does not have the instance's
-        workflow version (the task adapter hands the message on to another worker)."""
-        if workflow not in self.registry:
-            raise MessageRejected(f"no builder {builder!r} in a workflow {workflow!r} here")
-        if version not in self.registry.versions(workflow):
-            raise UnknownVersion(f"{workflow} v{version} is not registered in this process")
-        graph = self.registry.graph(workflow, version)
-        if builder not in graph.specs:
-            raise MessageRejected(f"no builder {builder!r} in workflow {workflow!r} v{version}")
-        spec = graph.specs[builder]
-        k = self.store.keys(workflow, instance_id)
-        now = self.clock()
-        task = _Task(claim=self.ids(), queue=queue,
-                     by=f"{worker or socket.gethostname()}/{os.getpid()}",
-                     budget_ends=now + task_budget(spec.time_limit))
-        ends = now + spec.time_limit + self.settings.lease_grace
-        data_names, run_names = input_names(graph, builder)
-        want = reads.commit(graph, run, builder)  # read now, for a commit with nothing changed
-        status, snap, raw = self._retrying(lambda: self.store.begin(
-            k, incarnation, lease_field(run, builder), token,
-            running_lease(token, ends, task.claim), ends, task.claim, data_names, run_names,
-            run, sorted(reads.claim(graph, run, builder) | want.fields), sorted(want.data)))
-        if status != "ok" or snap is None:
-            log.info("polaris: skipped %s/%s run %s %s attempt %s: %s",
-                     workflow, instance_id, run, builder, token, status)
-            return
-        claimed: _Claimed | None = _Claimed(graph, k, run, builder, token, snap, raw)
-        while claimed is not None:
-            claimed = self._run_claimed(claimed, task)
+    execute.__doc__ = attempts.execute.__doc__
 
-    def _run_claimed(self, c: _Claimed, task: _Task) -> _Claimed | None:
-        graph, spec = c.graph, c.graph.specs[c.builder]
-        if InstanceDoc.version_of(c.snap) != graph.version:
-            return None
-        fields = c.snap.fields
-        if fields.get(field_name("a", c.run, c.builder)) != str(c.token):
-            return None
-        new = frozenset(n for n in spec.readable_names if field_name("n", c.run, n) in fields)
-        started = self.clock()
-        self.observer.started(graph.key, c.keys.instance_id, c.run, c.builder, c.token)  # observe
-        try:
-            inputs = codec.decode_many(graph, c.raw)
-        except Exception as exc:
-            out = failed(spec, Outcome(None, BuilderError(c.builder, type(exc).__name__, str(exc)),
-                                       0.0), self.hooks,
-                         HookInfo(graph.key, c.keys.instance_id, c.run, c.token))
-        else:
-            out = attempt(
-                spec, inputs, new, workflow=graph.key, instance_id=c.keys.instance_id,
-                run=c.run, attempt_no=c.token, hooks=self.hooks,
-                max_bytes=self.settings.max_datum_bytes,
-            )
-        faults.strike("before_commit", faults.Attempt(graph.key, c.keys.instance_id, c.run,
-                                                      c.builder, c.token, c.snap.inc))
-        return self._commit(c, out, started, task)
-
-    def _commit(self, c: _Claimed, out: Outcome, started: float, task: _Task
-                ) -> _Claimed | None:
-        graph, k = c.graph, c.keys
-        # Names this commit, so a retry after a lost reply recognises it as already applied.
-        once = f"{task.claim}/{c.run}/{c.builder}/{c.token}"
-        want = reads.commit(graph, c.run, c.builder)
-        # First from what the claim read (or what the step that claimed it wrote): if nothing
-        # changed since, the commit costs one round trip; else it reads again, fenced as ever.
-        seen: Snapshot | None = c.snap
-        while True:
-            snap = seen or self._retrying(functools.partial(self.store.view, k, want))[0]
-            seen = None
-            if InstanceDoc.version_of(snap) not in (0, graph.version) or snap.inc != c.snap.inc:
-                self._observe_finished(c, out, committed=False)  # observe
-                return None  # deleted, or restarted on another version
-            now = self.clock()
-
-            def may_inline(b: str, now: float = now) -> bool:
-                # Only if the successor's whole time_limit fits in what is left of the task's
-                # budget (Celery's time limits count from the task's start), on this queue.
-                spec = graph.specs[b]
-                return spec.queue == task.queue and now + spec.time_limit <= task.budget_ends
-
-            try:
-                step = transitions.commit(
-                    self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,
-                    out.error, by=task.by, started=started, seconds=out.seconds, once=once,
-                    inline_claim=task.claim if self.settings.inline else None,
-                    may_inline=may_inline, now=now)
-            except NeedMore as more:
-                # From the claim's snapshot anything may be missing; from a read of `want`,
-                # only what `want` lacked (grow insists on that, so no decision loops).
-                want = reads.grow(want, more, strict=snap is not c.snap)
-                continue
-            if step is None:
-                log.info("polaris: attempt %s of %s in %s run %s was superseded; not committed",
-                         c.token, c.builder, k.member, c.run)
-                self._observe_finished(c, out, committed=False)  # observe
-                return None
-            # Redis errors are retried around this very step: if its write applied and only
-            # the reply was lost, the retry meets the step's own mark ("done") and carries on
-            # with what this step decided (its sends, its inline successor), never with a
-            # step decided afresh from an older state.
-            status, reply = self._retrying(functools.partial(
-                faults.reply("commit", once, self.store.cas), step.ops, snap, k, step.fx,
-                sleep=self.sleep))
-            if status == "conflict":
-                self.observer.conflict(k.workflow)  # observe
-                continue
-            faults.point("after_commit")
-            self.observer.applied(k.workflow, step)  # observe
-            self._observe_finished(c, out, committed=True)  # observe
-            self._log_failures(k, step)
-            self._settled(k, snap.inc, step)
-            if step.sends:
-                self.send(step.sends)
-            if step.inline is None:
-                return None
-            return self._inline(c, step, snap, reply if status == "applied" else None)
-
-    def _inline(self, c: _Claimed, step: Step, snap: Snapshot, got: list[Any] | None
-                ) -> _Claimed:
-        """The successor this commit claimed, with its inputs (read back by the commit, or read
-        again if that reply was lost) and what it needs of the run's state."""
-        graph, k, inline = c.graph, c.keys, step.inline
-        assert inline is not None
-        data_names, run_names = input_names(graph, inline)
-        if got is None:
-            raw = self.store.read_data(k.workflow, k.instance_id, data_names)
-            raw.update(self.store.read_run(k, snap.inc, c.run, run_names))
-        else:
-            raw = {n: v for n, v in zip(data_names, got[0], strict=False) if v is not None}
-            raw.update({n: v for n, v in zip(run_names, got[1], strict=False) if v is not None})
-        want = step.inline_want
-        assert want is not None
-        if got is None:  # the reply was lost: read what it would have said
-            next_snap, _ = self._retrying(lambda: self.store.view(k, want))
-        else:  # read by the very script that claimed it, after its writes
-            fields = sorted(want.fields)
-            data = sorted(want.data)
-            next_snap = Snapshot(
-                snap.version + 1, step.doc, snap.inc,
-                {f: x.decode() for f, x in zip(fields, got[2], strict=True) if x is not None},
-                frozenset(fields), {d: bool(x) for d, x in zip(data, got[3], strict=True)})
-        return _Claimed(graph, k, c.run, inline, 1, next_snap, raw)
-
-    def _observe_finished(self, c: _Claimed, out: Outcome, committed: bool) -> None:  # observe
-        self.observer.finished(c.graph.key, c.keys.instance_id, c.run, c.builder, c.token,
-                               out, committed)
+    def applied(self, k: Keys, inc: str, step: Step) -> None:
+        """What follows a step that applied: its failures logged, the runs it settled
+        reported (after_run hooks, waiters), then its messages sent."""
+        self._log_failures(k, step)
+        self._settled(k, inc, step)
+        if step.sends:
+            self.send(step.sends)
 
     def _log_failures(self, k: Keys, step: Step) -> None:
         for run, builder, token, error in step.failures:
@@ -457,10 +289,7 @@ class Coordinator:
                 self.observer.conflict(workflow)  # observe
             if status == "applied":
                 self.observer.applied(workflow, step)  # observe
-                self._log_failures(k, step)
-                self._settled(k, snap.inc, step)
-                if step.sends:
-                    self.send(step.sends)
+                self.applied(k, snap.inc, step)
                 return step
 
     def cancel(self, workflow: str, instance_id: str) -> bool:
@@ -489,4 +318,5 @@ def _digest(delta: dict[str, bytes]) -> str:
     return h.hexdigest()[:32]
 
 
-__all__ = ["Coordinator", "Dispatch", "InstanceDoc", "RunRef", "Settings", "UnknownVersion"]
+__all__ = ["Coordinator", "Dispatch", "InstanceDoc", "RunRef", "Settings", "UnknownVersion",
+           "task_budget"]

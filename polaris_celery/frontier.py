@@ -18,10 +18,10 @@ flight (issue 12): a small header (counts, the waiting builders, the outcome so 
 field per builder or datum (`a:B` its attempt token while active, `x:B` it ran, `f:B` / `l:B`
 failed / lost attempts, `n:D` datum D is new in this run, `p:D` the order D was produced in).
 The distributed executor keeps those fields in the instance's state hash and reads only the ones
-a step needs: `Fields` answers from what was read and raises `NeedMore` for anything else, and
-the caller reads that too and decides again. Each waiting builder keeps the count of its active
-ancestors, updated as builders start and finish, so a join behind a fan-out of W builders is
-re-examined in O(1) per branch, not by looking at the W branches each time.
+a step needs: `Fields` (fields.py) answers from what was read and raises `NeedMore` for anything
+else, and the caller reads that too and decides again. Each waiting builder keeps the count of
+its active ancestors, updated as builders start and finish, so a join behind a fan-out of W
+builders is re-examined in O(1) per branch, not by looking at the W branches each time.
 
 Two rules make every executor run the same builders whatever the declaration order:
 - A builder returned as ready is dispatched at once by every executor (the sequential one runs
@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence, Set
-from collections.abc import Set as AbstractSet
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fields import Fields, NeedMore, Presence
 from .graph import Graph
 
 
@@ -59,112 +59,6 @@ class BuilderError:
     @classmethod
     def from_json(cls, d: dict[str, str]) -> BuilderError:
         return cls(d["builder"], d["type"], d["message"])
-
-
-class NeedMore(Exception):
-    """A decision needs state it was not given: these state-hash fields, the presence of these
-    data, or every field (`whole`). The caller reads them and decides again from scratch."""
-
-    def __init__(self, fields: Iterable[str] = (), data: Iterable[str] = (),
-                 whole: bool = False) -> None:
-        self.fields = frozenset(fields)
-        self.data = frozenset(data)
-        self.whole = whole
-        super().__init__(f"need fields {sorted(self.fields)} data {sorted(self.data)}"
-                         + (" and the whole state" if whole else ""))
-
-
-def field_name(kind: str, run_id: int, name: str) -> str:
-    """A run's field in the instance's state hash: `a:3:Builder`, `n:3:Datum`, ..."""
-    return f"{kind}:{run_id}:{name}"
-
-
-def header_name(run_id: int) -> str:
-    return f"r:{run_id}"
-
-
-class Fields:
-    """One run's per-builder and per-datum fields, as far as they were read.
-
-    `known` None: everything is known (a new run, a local executor, a whole read) and a field
-    not in `values` is absent. Otherwise asking for a field outside `known` raises NeedMore.
-    Changes are kept in `dirty` (None: delete) for the store to write.
-    """
-
-    def __init__(self, run_id: int, values: dict[str, str] | None = None,
-                 known: Set[str] | None = None) -> None:
-        self.run_id = run_id
-        self.values: dict[str, str] = values or {}
-        self.known = known
-        self.dirty: dict[str, str | None] = {}
-
-    @property
-    def complete(self) -> bool:
-        return self.known is None
-
-    def need(self, names: Iterable[str]) -> None:
-        """Raise NeedMore for every one of `names` (local, `a:B`) not read yet, at once."""
-        if self.known is None:
-            return
-        missing = [self.full(n) for n in names if n not in self.known and n not in self.dirty]
-        if missing:
-            raise NeedMore(fields=missing)
-
-    def full(self, local: str) -> str:
-        """`a:B` -> `a:<run>:B`, its name in the state hash."""
-        kind, _, name = local.partition(":")
-        return field_name(kind, self.run_id, name)
-
-    def need_whole(self) -> None:
-        if self.known is not None:
-            raise NeedMore(whole=True)
-
-    def get(self, name: str) -> str | None:
-        dirty = self.dirty
-        if name in dirty:
-            return dirty[name]
-        if self.known is not None and name not in self.known:
-            raise NeedMore(fields=(self.full(name),))
-        return self.values.get(name)
-
-    def put(self, name: str, value: str | None) -> None:
-        self.dirty[name] = value
-
-    def kind(self, kind: str) -> dict[str, str]:
-        """Every field of one kind (`a`, `x`, ...), by name; needs them all."""
-        self.need_whole()
-        merged = {**self.values, **self.dirty}
-        prefix = kind + ":"
-        return {k[len(prefix):]: v for k, v in merged.items()
-                if k.startswith(prefix) and v is not None}
-
-
-class Presence(AbstractSet[str]):
-    """Which of the instance's (lasting) data exist, as far as they were read: raises
-    NeedMore for a name it was not told about. Local executors pass a plain set instead."""
-
-    def __init__(self, known: dict[str, bool], complete: bool = False) -> None:
-        self.known = known
-        self.complete = complete  # every name is in `known`: any other is absent
-
-    def missing(self, names: Iterable[str]) -> list[str]:
-        return [] if self.complete else [n for n in names if n not in self.known]
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        if self.missing((name,)):
-            raise NeedMore(data=(name,))
-        return self.known.get(name, False)
-
-    def __iter__(self) -> Iterator[str]:
-        return (n for n, there in self.known.items() if there)
-
-    def __len__(self) -> int:
-        return sum(1 for there in self.known.values() if there)
-
-    def add(self, name: str) -> None:
-        self.known[name] = True
 
 
 @functools.lru_cache(maxsize=65536)
@@ -336,6 +230,9 @@ class RunState:
             self.waiting.clear()
             return []
         before = self.waiting
+        if not before and not self.n_active and len(changed) == 1 \
+                and self.fields.known is None and not isinstance(present, Presence):
+            return self._advance_quiet(graph, consumers(changed[0]), present)
         if not before and len(changed) == 1:
             # The common step (one datum produced, nothing waiting): its consumers are already
             # in rank order.
@@ -377,6 +274,30 @@ class RunState:
                 ready.append(b)  # pending until dispatched() makes it active
                 pending[c] |= graph.bits[b]
         if not ready and not self.waiting and not self.n_active:  # the pass is over
+            return self._next_pass(graph, present)
+        return ready
+
+    def _advance_quiet(self, graph: Graph, ordered: Sequence[str], present: Set[str]
+                       ) -> list[str]:
+        """`_advance` of one datum's consumers (in rank order) with nothing active or waiting
+        and every field known: a local executor's common step, by the same rules without the
+        bookkeeping that active and waiting builders and a partial view need."""
+        values = self.fields.values
+        pending: dict[int, int] = {}
+        ready: list[str] = []
+        for b in ordered:
+            if f"x:{b}" in values or f"a:{b}" in values:
+                continue  # done (or active: not while nothing is active)
+            c = graph.component[b]
+            bits = pending.get(c, 0)
+            if graph.ancestors[b] & bits:
+                self.waiting[b] = 0
+            elif all(self._present(graph, present, n) for n in graph.specs[b].consume_names):
+                ready.append(b)
+            else:
+                continue
+            pending[c] = bits | graph.bits[b]
+        if not ready and not self.waiting:  # the pass is over
             return self._next_pass(graph, present)
         return ready
 

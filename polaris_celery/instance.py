@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
-from .errors import PolarisError
-from .frontier import Fields, NeedMore, RunState, header_name
+from .errors import ConfigurationError, PolarisError
+from .fields import Fields, NeedMore, header_name
+from .frontier import RunState
 from .graph import Graph
 from .layout import Snapshot
 
@@ -49,6 +50,8 @@ class Settings:
       Lost attempts never spend the builder's `max_retries`.
     inline: a builder whose completion leaves exactly one runnable successor bound for the same
       queue runs that successor in the same worker, saving a broker hop.
+    dispatch_chunk: the most builders of one fan-out that share one broker message (1: one
+      message each); see chunks.py for when they do.
     result_ttl: how long a settled run's outcome and produced data stay readable.
     retention: seconds a completed instance's keys live after its last run settles (None: kept).
     reconcile_interval: how often each worker runs the reconciler.
@@ -58,12 +61,18 @@ class Settings:
     lease_grace: float = 10.0
     max_lost: int = 3
     inline: bool = True
+    dispatch_chunk: int = 8
     result_ttl: int = 86400
     retention: int | None = None
     reconcile_interval: float = 5.0
     history: int = 50
     log_length: int = 1000
     max_datum_bytes: int = codec.DEFAULT_MAX_DATUM_BYTES
+
+    def __post_init__(self) -> None:
+        chunk = self.dispatch_chunk
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ConfigurationError(f"dispatch_chunk must be a whole number >= 1, got {chunk!r}")
 
 
 #: An instance's status as the query API and the listing show it (InstanceDoc.state_name).

@@ -4,6 +4,8 @@ Key layout (every key of one instance shares the hash tag `{workflow/instance}`)
 
     pc:{wf/id}:state          HASH  v, inc, doc               version, incarnation, the document
                                     r:N                     header of run N, while in flight
+                                                            (JSON; a quiet commit moves its
+                                                            counters in cas.lua: QUIET)
                                     a:N:B x:N:B f:N:B l:N:B builder B in run N: token while
                                                             active, done, failed / lost attempts
                                     n:N:D p:N:D             datum D new in run N; its order
@@ -152,19 +154,24 @@ class Snapshot:
 class Ops:
     """A list of operations for cas.lua, with their keys numbered as the script expects.
 
-    Besides plain writes the script knows two guards: EXPECT (abort unless a hash field holds
-    a value) and ONCE (a mark naming this very write: if it is already there the write was
-    applied before, and the caller is told so instead of a conflict). See cas.lua.
+    Besides plain writes the script knows these guards: EXPECT (abort unless a hash field holds
+    a value), ONCE (a mark naming this very write: if it is already there the write was
+    applied before, and the caller is told so instead of a conflict) and QUIET (a run's header
+    counters changed by deltas, see machine.Machine.seal_quiet). See cas.lua. `fenced` False:
+    the ops are not checked against the version they were decided from (their guards check
+    all they depend on instead).
     """
 
     def __init__(self, state_key: str, data_key: str) -> None:
         self.keys: list[str] = [state_key, data_key]
         self.args: list[Any] = []
         self.reads = 0
+        self.fenced = True
 
     def copy(self) -> Ops:
         other = Ops.__new__(Ops)
         other.keys, other.args, other.reads = list(self.keys), list(self.args), self.reads
+        other.fenced = self.fenced
         return other
 
     def _key(self, key: str) -> int:
@@ -176,7 +183,7 @@ class Ops:
 
     def add(self, op: str, key: str, *args: Any) -> Ops:
         self.args.extend((op, self._key(key), len(args), *args))
-        if op in ("HMGET", "HKEYS", "HEXISTSM"):
+        if op in ("HMGET", "HKEYS", "HGETALL", "HEXISTSM"):
             self.reads += 1
         return self
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import reads
-from .frontier import BuilderError, RunState, header_name
+from .fields import Presence, header_name
+from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import (
     REMEMBERED,
@@ -117,8 +118,12 @@ class Machine:
                 # ... and, as the step leaves it, what the successor's own claim and commit
                 # will read (reads.py): it decides from this reply, fenced on the next version.
                 want = reads.commit(graph, run.id, b)
-                step.inline_want = Want(want.fields | reads.claim(graph, run.id, b), want.data)
-                step.ops.add("HMGET", k.state, *sorted(step.inline_want.fields))
+                step.inline_want = Want(want.fields | reads.claim(graph, run.id, b), want.data,
+                                        want.whole)
+                if want.whole:
+                    step.ops.add("HGETALL", k.state)
+                else:
+                    step.ops.add("HMGET", k.state, *sorted(step.inline_want.fields))
                 step.ops.add("HEXISTSM", k.data, *sorted(step.inline_want.data))
                 self.index(k, step, deadline)
                 step.inline = b
@@ -174,7 +179,7 @@ class Machine:
                 doc.open.append(run.id)
             return
         produced = run.produced  # needs the whole run read (once per run)
-        gone = [run.fields.full(f) for f in run.fields.values]
+        gone = [run.fields.full(f) for f in sorted(run.fields.names())]
         if run.id in doc.open:
             doc.open.remove(run.id)
             gone.append(header_name(run.id))
@@ -259,6 +264,71 @@ class Machine:
             # whatever this process's own settings.
             for key in k.lasting:
                 ops.add("PERSIST", key)
+
+
+    @staticmethod
+    def seal_quiet(k: Keys, snap: Snapshot, doc: InstanceDoc, run: RunState, was: Counts,
+                   present: Presence, step: Step) -> bool:
+        """End a commit that only moved its run's counters (a branch of a fan-out finishing
+        while its siblings run: nothing dispatched, nothing settled, no failure), without the
+        version fence, so that its siblings' commits do not conflict with it. False (nothing
+        written) for any other step, which `seal` ends as ever.
+
+        Instead of the version, the script checks all the decision read: the document, each
+        field it looked at, and the run's header (QUIET in cas.lua: the same waiting builders,
+        no error, target or close, the same pass, and every counter it moves still above 0,
+        as the decision found them). Counters move by deltas and the datum's order is the
+        produced count the script arrives at, so siblings' commits apply in any order. The
+        version is still bumped, which fences every other step decided meanwhile."""
+        fields = run.fields
+        header = snap.fields.get(header_name(run.id))
+        produced = run.n_produced - was.produced
+        if (header is None or not fields.track or fields.read_all or present.asked
+                or run.stopped or run.n_active <= 0 or run.n_active != was.active - 1
+                or set(run.waiting) != set(was.waiting) or run.passed != was.passed
+                or produced not in (0, 1)
+                or any(r.fields.dirty for r in doc.runs.values() if r is not run)):
+            return False
+        moved = {w: n - was.waiting[w] for w, n in run.waiting.items() if n != was.waiting[w]}
+        if any(run.waiting[w] <= 0 for w in moved):
+            return False
+        ops = step.ops
+        ops.fenced = False
+        ops.add("EXPECT", k.state, "doc", snap.doc)
+        for name, seen in fields.read.items():
+            ops.add("EXPECT", k.state, fields.full(name), seen)
+        order = ""
+        writes: dict[str, str] = {}
+        gone: list[str] = []
+        for name, value in fields.dirty.items():
+            if name.startswith("p:") and produced:
+                order = fields.full(name)  # the script numbers it
+            elif value is None:
+                gone.append(fields.full(name))
+            else:
+                writes[fields.full(name)] = value
+        if gone:
+            ops.add("HDEL", k.state, *gone)
+        ops.hset(k.state, writes)
+        ops.add("QUIET", k.state, header_name(run.id), header, -1, produced, order,
+                *(x for w, d in sorted(moved.items()) for x in (w, d)))
+        ops.add("HINCRBY", k.state, "v", 1)
+        step.doc = snap.doc
+        return True
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A run's counters as a step found them (what `seal_quiet` moves by deltas)."""
+
+    active: int
+    produced: int
+    waiting: dict[str, int]
+    passed: int
+
+    @classmethod
+    def of(cls, run: RunState) -> Counts:
+        return cls(run.n_active, run.n_produced, dict(run.waiting), run.passed)
 
 
 def input_names(graph: Graph, builder: str) -> tuple[list[str], list[str]]:

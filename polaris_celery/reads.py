@@ -2,7 +2,9 @@
 the common case, so that a step costs one read and one write. Pure.
 
 A commit reads its run's header, its builder's token and counts, and, for each builder that
-consumes what it produced, that builder's token and done mark and whether its inputs exist.
+consumes what it produced, that builder's token and done mark and whether its inputs exist;
+one that produces the workflow's target reads the whole state (it settles the run, which reads
+it all anyway).
 Anything else a decision turns out to need (a waiting builder's inputs, a run being settled
 whole) it asks for by raising `NeedMore`, and `grow` adds it to the next read. Nothing here is
 proportional to the builders in flight, only to the builders next to the one committing.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .frontier import NeedMore, field_name, header_name
+from .fields import NeedMore, field_name, header_name
 from .graph import Graph
 from .layout import Want
 
@@ -47,10 +49,14 @@ def commit(graph: Graph, run: int, builder: str, hops: int = 2) -> Want:
     for c in consumers:
         fields.update((field_name("a", run, c), field_name("x", run, c)))
     more, data = _inputs(graph, run, consumers)
-    want = Want(frozenset(fields | more), frozenset(data))
+    # Producing the target settles the run (once nothing else is active), and settling reads
+    # the whole run: read it now, not in a round trip of its own.
+    want = Want(frozenset(fields | more), frozenset(data), whole=name == graph.target)
     if hops > 1 and len(consumers) == 1:  # only a lone successor may run inline
         nxt = commit(graph, run, consumers[0], hops - 1)
-        want = Want(want.fields | nxt.fields, want.data | nxt.data)
+        # Not nxt.whole: a successor run inline decides from what the step claiming it reads
+        # back (machine.dispatch), and a join's branches must not each read the whole run.
+        want = Want(want.fields | nxt.fields, want.data | nxt.data, want.whole)
     return want
 
 

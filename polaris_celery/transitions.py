@@ -21,11 +21,12 @@ import math
 from collections.abc import Callable, Mapping
 
 from .errors import InstanceClosed
-from .frontier import BuilderError, Presence, RunState
+from .fields import Presence
+from .frontier import BuilderError, RunState
 from .graph import Graph
 from .instance import Dispatch, InstanceDoc, lease_field, parse_lease, queued_lease
 from .layout import Keys, Listing, Ops, Snapshot
-from .machine import Machine, Step, new_step
+from .machine import Counts, Machine, Step, new_step
 
 #: The longest wait between two re-sends of one queued builder (seconds).
 MAX_RESEND_WAIT = 600.0
@@ -141,6 +142,8 @@ def commit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, run_id: int, build
     ops.add("ONCE", k.run(inc, run_id), f"_op:{builder}:{token}", once)
     ops.add("HDEL", k.lease, lease_field(run_id, builder))
     present = presence(snap)
+    was = Counts.of(run)
+    quiet = error is None and not run.stopped and not reopened
     if error is None:
         name = spec.produces_name if produced is not None else None
         if name is not None and produced is not None:
@@ -159,6 +162,8 @@ def commit(m: Machine, graph: Graph, k: Keys, snap: Snapshot, run_id: int, build
     ops.log(k, m.settings.log_length, ev="builder", inc=inc, run=run_id, b=builder,
             attempt=token, at=f"{started:.6f}", secs=f"{seconds:.6f}", result=result, by=by)
     m.place(graph, k, inc, doc, run, step, now)
+    if quiet and not ready and m.seal_quiet(k, snap, doc, run, was, present, step):
+        return step
     m.seal(graph, k, snap, reopened, doc, step, now)
     return step
 

@@ -11,6 +11,7 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel
 
 import polaris_celery as pc
@@ -291,6 +292,40 @@ class FanIn(pc.Workflow):
     target = F
 
 
+# -- a fan-out wider than chunks.SPREAD: its dispatches share broker messages -------------------
+
+WIDE = 70
+WIDE_PARTS = [pydantic.create_model(f"WideE{i}", v=(int, 0), __module__=__name__)
+              for i in range(WIDE)]
+
+
+class WideDone(BaseModel):
+    v: int = 0
+
+
+def _wide(i: int, out: type[BaseModel]) -> type[pc.Builder]:
+    def process(self: pc.Builder, ctx: pc.BuilderContext) -> BaseModel:
+        record(ctx, f"Wide{i}")
+        return out(v=i)
+
+    return type(f"Wide{i}", (pc.Builder,), {"consumes": [A], "produces": out,
+                                            "process": process, "__module__": __name__})
+
+
+class WideJoin(pc.Builder):
+    consumes = WIDE_PARTS
+    produces = WideDone
+
+    def process(self, ctx: pc.BuilderContext) -> WideDone:
+        record(ctx, "WideJoin")
+        return WideDone(v=sum(v(ctx, p) for p in WIDE_PARTS))
+
+
+class Wide(pc.Workflow):
+    builders = [*(_wide(i, p) for i, p in enumerate(WIDE_PARTS)), WideJoin]
+    target = WideDone
+
+
 # -- two producers of one datum, resolved -----------------------------------------------------
 
 class MakeXFast(pc.Builder):
@@ -537,6 +572,7 @@ WORKFLOWS: dict[str, type[pc.Workflow]] = {
     "diamond": Diamond,
     "cycle": Cycle,
     "fan-in": FanIn,
+    "wide": Wide,
     "resolved": Resolved,
     "failing": Failing,
     "misbehaving": Misbehaving,

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from celery import Celery
 from celery.signals import before_task_publish
+from pydantic import BaseModel
 
 import polaris_celery as pc
 from polaris_celery.coordinator import Coordinator, Settings
@@ -231,3 +232,90 @@ def test_store_outage_is_a_clear_error(iid):
         with pytest.raises(pc.StoreUnavailable, match="Redis unreachable"):
             ex.submit_delta("dbf", iid, A(v=1))
     _ = C, D
+
+
+def test_a_wide_fan_out_shares_messages_and_runs_each_builder_once(celery_env: CeleryEnv, iid):
+    """Beyond chunks.SPREAD dispatches of one run, builders share broker messages (fewer
+    messages to publish and to receive), each still claimed and committed on its own."""
+    captured: list[dict] = []
+
+    def grab(sender=None, body=None, **kw):
+        if str(sender).startswith("polaris.wide."):
+            captured.append(body[1])
+
+    before_task_publish.connect(grab, weak=False)
+    try:
+        r = celery_env.executor.submit_delta("wide", iid, A(v=1)).wait(20)
+    finally:
+        before_task_publish.disconnect(grab)
+    assert r.completed and r.get(scenarios.WideDone) == scenarios.WideDone(
+        v=sum(range(scenarios.WIDE)))
+    ran = calls(iid)
+    assert sorted(ran) == sorted([f"Wide{i}" for i in range(scenarios.WIDE)] + ["WideJoin"])
+    carried = [1 + len(kw.get("more", [])) for kw in captured]
+    assert sum(carried) == scenarios.WIDE  # every part dispatched once (the join ran inline)
+    assert len(captured) == 35 and max(carried) == 2  # 70 over at least SPREAD=32 messages
+
+
+class Hop0(BaseModel):
+    v: int = 0
+
+
+class Hop1(BaseModel):
+    v: int = 0
+
+
+class Hop2(BaseModel):
+    v: int = 0
+
+
+class HopStep1(pc.Builder):
+    consumes = [Hop0]
+    produces = Hop1
+
+    def process(self, ctx: pc.BuilderContext) -> Hop1:
+        return Hop1(v=1)
+
+
+class HopStep2(pc.Builder):
+    consumes = [Hop1]
+    produces = Hop2
+
+    def process(self, ctx: pc.BuilderContext) -> Hop2:
+        return Hop2(v=2)
+
+
+class TwoHops(pc.Workflow):
+    builders = [HopStep1, HopStep2]
+    target = Hop2
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_chain_commits_and_settles_in_one_script_per_builder(redis_url, iid, inline: bool):
+    """Claim, then one fenced script per builder, the one settling the run included: it read
+    the whole run with its claim (reads.commit), so settling costs no read of its own."""
+    registry = pc.Registry(pc.RedisStore(redis_url))
+    registry.register("two-steps", TwoHops)
+    sent: list = []
+    c = Coordinator(registry, sent.extend, Settings(inline=inline))
+    ref = c.submit("two-steps", iid, [Hop0()])
+    counts = {"view": 0, "cas": 0, "begin": 0}
+    def counting(name: str):
+        real = getattr(c.store, name)
+
+        def counted(*a, **kw):
+            counts[name] += 1
+            return real(*a, **kw)
+        return counted
+
+    for name in counts:
+        setattr(c.store, name, counting(name))
+    while sent:
+        d = sent.pop(0)
+        c.execute(d.workflow, d.instance_id, d.run, d.builder, d.token, version=d.version,
+                  incarnation=d.incarnation)
+    assert c.result("two-steps", iid, ref, timeout=5).get(Hop2) == Hop2(v=2)
+    assert counts == {"view": 0, "cas": 2, "begin": 1 if inline else 2}
+    # ... and it left nothing of the run behind in the state hash.
+    state = c.store.client.hkeys(c.store.keys("two-steps", iid).state)
+    assert sorted(state) == [b"doc", b"inc", b"v"]

@@ -272,7 +272,7 @@ class CeleryExecutor:
         self.tasks.ensure(workflow)
 
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
-        tasks.send(self.app, self.registry, dispatches)
+        tasks.send(self.app, self.registry, self.settings, dispatches)
 
 
 __all__ = ["HAND_OFF_DELAY", "HAND_OFF_HOPS", "RECONCILE_TASK", "SAFE_SETTINGS", "TASK_PREFIX",

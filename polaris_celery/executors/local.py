@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .. import codec
 from ..errors import BuilderFailed, InstanceClosed
+from ..fields import Fields
 from ..frontier import BuilderError, RunState
 from ..graph import Graph
 from ..hooks import Hook, HookInfo, Hooks
@@ -89,7 +90,8 @@ class Executor:
         run_id = store.next_run(key, instance_id)
         self.hooks.call("before_run", list(data), info=HookInfo(key, instance_id, run_id))
         present = store.data_names(key, instance_id) | set(transient)
-        run, ready = RunState.start(graph, run_id, delta, present, started=time.time())
+        run, ready = RunState.start(graph, run_id, delta, present, started=time.time(),
+                                    fields=Fields(run_id, track=False))
         # Transient values live only in this dict for the duration of the run.
         scratch: dict[str, bytes] = dict(transient)
         produced: dict[str, BaseModel] = {}

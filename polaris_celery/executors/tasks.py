@@ -7,8 +7,10 @@ and what a worker does when a pool child dies mid-builder or a message names a b
 
 Task messages carry ids only (instance, run, attempt; the workflow and builder are the task's
 name), as JSON keyword arguments, so Flower shows `polaris.cab-ride.MatchCabbie(instance=...,
-run=3, attempt=1)` and never a payload. The task id of a message is its attempt's
-(`flower.attempt_id`), so that whoever declares an attempt lost can name its task in Flower.
+run=3, attempt=1)` and never a payload. A message of a wide fan-out carries the other builders
+it packs as `more=[[builder, attempt], ...]` (chunks.py). The task id of a message is its
+attempt's (`flower.attempt_id`), so that whoever declares an attempt lost can name its task in
+Flower.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from .. import faults, tracing
+from .. import chunks, faults, tracing
 from ..builder import BuilderSpec
 from ..coordinator import Coordinator, task_budget
 from ..errors import AttemptFailed, MessageRejected, PolarisError
-from ..instance import Dispatch, UnknownVersion
+from ..instance import Dispatch, Settings, UnknownVersion
 from ..registry import Registry
 from . import flower
 
@@ -43,19 +45,33 @@ def task_name(workflow: str, builder: str) -> str:
     return f"{TASK_PREFIX}.{workflow}.{builder}"
 
 
-def send(app: Celery, registry: Registry, dispatches: Sequence[Dispatch]) -> None:
-    """Publish one message per dispatch (the coordinator's `send`)."""
-    for i, d in enumerate(dispatches):
+def send(app: Celery, registry: Registry, settings: Settings,
+         dispatches: Sequence[Dispatch]) -> None:
+    """Publish the dispatches (the coordinator's `send`): one message each, except that a wide
+    fan-out packs several builders into a message (chunks.py says when)."""
+
+    def queue(d: Dispatch) -> str | None:
+        return registry.graph(d.workflow, d.version).specs[d.builder].queue
+
+    for i, message in enumerate(chunks.pack(dispatches, settings.dispatch_chunk, queue)):
         if i:
             faults.point("mid_send")
-        spec = registry.graph(d.workflow, d.version).specs[d.builder]
-        kwargs = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
-                  "version": d.version, "inc": d.incarnation}
+        d, more = message[0], message[1:]
+        graph = registry.graph(d.workflow, d.version)
+        kwargs: dict[str, Any] = {"instance": d.instance_id, "run": d.run, "attempt": d.token,
+                                  "version": d.version, "inc": d.incarnation}
+        limits: dict[str, float] = {}
+        if more:
+            kwargs["more"] = [[m.builder, m.token] for m in more]
+            # The message's time limits cover every builder it carries.
+            budget = sum(task_budget(graph.specs[m.builder].time_limit) for m in message)
+            limits = {"soft_time_limit": budget,
+                      "time_limit": budget + settings.lease_grace / 2}
         for _ in range(faults.copies("send", d)):  # >1 only in chaos tests
             app.send_task(
                 task_name(d.workflow, d.builder),
                 kwargs=kwargs,
-                queue=spec.queue,
+                queue=queue(d),
                 countdown=d.countdown or None,
                 # observe: the attempt's own task id in Flower (see flower.attempt_id)
                 task_id=flower.attempt_id(d.workflow, d.instance_id, d.incarnation, d.run,
@@ -66,6 +82,7 @@ def send(app: Celery, registry: Registry, dispatches: Sequence[Dispatch]) -> Non
                 argsrepr="()",
                 kwargsrepr=repr(kwargs),
                 headers=tracing.headers(d.trace),  # observe: the run's trace context
+                **limits,
             )
 
 
@@ -146,17 +163,22 @@ class BuilderTasks:
             return
         workflow, builder = target
         kw = kwargs or {}
-        try:
-            again = self.coordinator.lose(
-                workflow, str(kw["instance"]), int(kw["run"]), builder, int(kw["attempt"]),
-                str(kw.get("inc", "")), f"{type(exception).__name__}: {exception}")
-        except Exception as exc:  # the lease is the fallback: never break the worker
-            log.warning("polaris: could not re-run %s at once (%s); its lease will", name, exc)
-            return
-        if again:
-            log.warning("polaris: %s for %s run %s attempt %s lost its process (%s); running "
-                        "it again", name, kw.get("instance"), kw.get("run"), kw.get("attempt"),
-                        type(exception).__name__)
+        # A packed message (chunks.py) died with every builder it still carried: those not
+        # done are run again at once too, each under a new token.
+        carried = [(builder, kw.get("attempt")), *[tuple(m) for m in kw.get("more") or []]]
+        for b, attempt in carried:
+            try:
+                again = self.coordinator.lose(
+                    workflow, str(kw["instance"]), int(kw["run"]), str(b), int(attempt),
+                    str(kw.get("inc", "")), f"{type(exception).__name__}: {exception}")
+            except Exception as exc:  # the lease is the fallback: never break the worker
+                log.warning("polaris: could not re-run %s at once (%s); its lease will",
+                            name, exc)
+                continue
+            if again:
+                log.warning("polaris: %s of %s run %s attempt %s lost its process (%s); "
+                            "running it again", b, kw.get("instance"), kw.get("run"), attempt,
+                            type(exception).__name__)
 
     def on_unknown_task(self, sender: Any = None, message: Any = None, name: str = "",
                         **_: Any) -> None:
@@ -210,6 +232,7 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
             attempt = kwargs.pop("attempt")
             version = kwargs.pop("version", 1)
             inc = kwargs.pop("inc", "")
+            more = kwargs.pop("more", [])
             if kwargs:
                 raise MessageRejected(f"unexpected arguments {sorted(kwargs)}")
             ints = (run, attempt, version)
@@ -217,6 +240,10 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                     isinstance(x, int) and not isinstance(x, bool) for x in ints):
                 raise MessageRejected("instance and inc must be strings; run, attempt, version "
                                       "integers")
+            if not isinstance(more, list) or not all(
+                    isinstance(m, list) and len(m) == 2 and isinstance(m[0], str)
+                    and isinstance(m[1], int) and not isinstance(m[1], bool) for m in more):
+                raise MessageRejected("more must be a list of [builder, attempt] pairs")
         except (KeyError, MessageRejected) as exc:
             log.error("polaris: rejected a message for %s.%s: %s", workflow, builder, exc)
             raise MessageRejected(f"malformed message for {workflow}.{builder}: {exc}") from None
@@ -234,6 +261,13 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                                     queue=spec.queue if spec else None,
                                     worker=task.request.hostname, version=version,
                                     incarnation=inc)
+                # The rest of a packed fan-out (chunks.py), each claimed on its own (Flower
+                # shows each as a task of its own, as it does a builder run inline).
+                for other, token in more:
+                    coordinator.execute(workflow, instance, run, other, token,
+                                        queue=spec.queue if spec else None,
+                                        worker=task.request.hostname, version=version,
+                                        incarnation=inc)
         except UnknownVersion:
             # Another worker runs that version (a deploy in progress): hand the message on.
             # Wait first, holding this worker's only prefetch slot, then publish at once: a

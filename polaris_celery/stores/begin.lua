@@ -2,7 +2,8 @@
 -- KEYS: state hash, data hash, lease hash, run hash (run results and transients), and on a
 --       single node the instance's index bucket (a cluster touches it apart: other slot).
 -- ARGV: lease field, token, lease value when running, claim id, incarnation, lease deadline,
---       index member, #data names, #state fields, #existence checks, data names...,
+--       index member, #data names, #state fields, #existence checks, '1': every state field
+--       (HGETALL, for a commit that will settle its run) instead of those named, data names...,
 --       state fields..., data names whose existence is asked..., run names...
 -- It also reads what the attempt's commit will most likely need (reads.py), so that a commit
 -- with nothing else changed meanwhile is decided from this reply and costs one round trip.
@@ -31,10 +32,15 @@ local data = {}
 local fields = {}
 local exists = {}
 local run = {}
-if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 11, 10 + n)) end
-if m > 0 then fields = redis.call('HMGET', KEYS[1], unpack(ARGV, 11 + n, 10 + n + m)) end
-for i = 11 + n + m, 10 + n + m + e do exists[#exists + 1] = redis.call('HEXISTS', KEYS[2], ARGV[i]) end
-if #ARGV > 10 + n + m + e then
-  run = redis.call('HMGET', KEYS[4], unpack(ARGV, 11 + n + m + e, #ARGV))
+local at = 12 + n  -- the first state field
+if n > 0 then data = redis.call('HMGET', KEYS[2], unpack(ARGV, 12, 11 + n)) end
+if ARGV[11] == '1' then
+  fields = redis.call('HGETALL', KEYS[1])
+elseif m > 0 then
+  fields = redis.call('HMGET', KEYS[1], unpack(ARGV, at, at + m - 1))
+end
+for i = at + m, at + m + e - 1 do exists[#exists + 1] = redis.call('HEXISTS', KEYS[2], ARGV[i]) end
+if #ARGV >= at + m + e then
+  run = redis.call('HMGET', KEYS[4], unpack(ARGV, at + m + e, #ARGV))
 end
 return {'ok', state[1] or '0', state[2] or '', fields, data, run, exists}

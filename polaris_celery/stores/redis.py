@@ -247,9 +247,7 @@ class RedisStore:
                 len(fields), *fields, *data])
             v, inc, doc, got, exists, names, seen = reply
             if want.whole:
-                flat = [_text(x) for x in got]
-                values = {f: x for f, x in zip(flat[::2], flat[1::2], strict=True)
-                          if f not in ("v", "inc", "doc")}
+                values = whole_fields(got)
                 known: frozenset[str] | None = None
             else:
                 values = {f: _text(x) for f, x in zip(fields, got, strict=True) if x is not None}
@@ -287,9 +285,11 @@ class RedisStore:
             shared.in_script(ops, fx, k.member, k.instance_id)
             self.listings.in_script(ops, fx.listing, k.workflow, k.instance_id,
                                     expected.version + 1)
+        # Unfenced ops (a quiet commit) check what they depend on themselves.
+        version = expected.version if ops.fenced else ""
         reply = _wrap(lambda: self._acked(
             k.state, lambda client: self._cas(keys=ops.keys, client=client,
-                                              args=[expected.version, expected.inc, *ops.args])),
+                                              args=[version, expected.inc, *ops.args])),
             "committing")
         code = int(reply[0])
         if code in (1, 2) and self.cluster:
@@ -330,10 +330,10 @@ class RedisStore:
     def begin(
         self, k: Keys, inc: str, field: str, token: int, lease_value: str, lease_ends: float,
         claim: str, data_names: Sequence[str], run_names: Sequence[str], run: int,
-        fields: Sequence[str] = (), exists: Sequence[str] = (),
+        fields: Sequence[str] = (), exists: Sequence[str] = (), whole: bool = False,
     ) -> tuple[str, Snapshot | None, dict[str, bytes]]:
         """Claim a queued attempt and load its inputs: (status, snapshot of the document and
-        of the state `fields`, name -> raw).
+        of the state `fields`, or of every field with `whole`, name -> raw).
         Idempotent for one claim id, so a caller whose reply was lost may simply ask again.
         The instance's next look comes forward to the running lease's end (in the script on a
         single node; just after it on a cluster)."""
@@ -344,7 +344,8 @@ class RedisStore:
             lambda: self._begin(
                 keys=keys,
                 args=[field, token, lease_value, claim, inc, f"{lease_ends:.3f}", k.member,
-                      len(data_names), len(fields), len(exists), *data_names, *fields, *exists,
+                      len(data_names), 0 if whole else len(fields), len(exists),
+                      "1" if whole else "0", *data_names, *(() if whole else fields), *exists,
                       *run_names],
             ),
             "starting a builder",
@@ -354,9 +355,10 @@ class RedisStore:
             return status, None, {}
         if self.cluster:
             _wrap(lambda: self.shared.touch(k.member, lease_ends), "touching the index")
-        snap = Snapshot(int(reply[1]), _text(reply[2]), inc,
-                        {f: _text(x) for f, x in zip(fields, reply[3], strict=True)
-                         if x is not None}, frozenset(fields),
+        values, known = (whole_fields(reply[3]), None) if whole else (
+            {f: _text(x) for f, x in zip(fields, reply[3], strict=True) if x is not None},
+            frozenset(fields))
+        snap = Snapshot(int(reply[1]), _text(reply[2]), inc, values, known,
                         {d: bool(x) for d, x in zip(exists, reply[6], strict=True)})
         raw = {n: v for n, v in zip(data_names, reply[4], strict=True) if v is not None}
         raw.update({n: v for n, v in zip(run_names, reply[5], strict=True) if v is not None})
@@ -401,6 +403,13 @@ class RedisStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def whole_fields(flat: Sequence[bytes | str]) -> dict[str, str]:
+    """An HGETALL reply of the state hash as a Snapshot's fields (v, inc and doc apart)."""
+    text = [_text(x) for x in flat]
+    return {f: x for f, x in zip(text[::2], text[1::2], strict=True)
+            if f not in ("v", "inc", "doc")}
 
 
 def retry_unavailable(fn: Callable[[], T], *, seconds: float = 30.0,

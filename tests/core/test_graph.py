@@ -6,7 +6,8 @@ import pytest
 from pydantic import BaseModel
 
 import polaris_celery as pc
-from polaris_celery.frontier import BuilderError, Fields, NeedMore, Presence, RunState
+from polaris_celery.fields import Fields, NeedMore, Presence
+from polaris_celery.frontier import BuilderError, RunState
 
 from ..scenarios import BA, BB, BC, DBF, A, B, C, Cycle, D, Diamond, E, F, Resolved
 

@@ -217,6 +217,35 @@ Crash = _workflow("Crash", [_builder("Crash", [Seed], CrashDone, _crash,
                   CrashDone)
 
 
+# -- wide crash: a fan-out packed into shared messages (chunks.py), whose first part kills its
+#    process on its first attempt, taking the rest of its message with it ---------------------
+
+WIDE_CRASH = 70  # > 2 x chunks.SPREAD: two builders per message
+WIDE_DATA = [_num(f"WN{k}") for k in range(WIDE_CRASH)]
+WideDone = _num("WideDone")
+
+
+def _wide_part(k: int) -> type[pc.Builder]:
+    def body(ctx: pc.BuilderContext, seed: Seed) -> BaseModel:
+        if k == 0 and ctx.attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return WIDE_DATA[k](v=seed.v + k)
+
+    return _builder(f"WPart{k}", [Seed], WIDE_DATA[k], body, time_limit=CHAIN_TIME_LIMIT,
+                    max_retries=RETRIES)
+
+
+def _wide_join(ctx: pc.BuilderContext, *parts: Num) -> BaseModel:
+    return WideDone(v=sum(p.v for p in parts))
+
+
+WideCrash = _workflow("WideCrash", [
+    *(_wide_part(k) for k in range(WIDE_CRASH)),
+    _builder("WJoin", WIDE_DATA, WideDone, _wide_join, time_limit=CHAIN_TIME_LIMIT,
+             max_retries=RETRIES),
+], WideDone)
+
+
 # -- hold: a builder that keeps its first attempt long enough for its whole worker to be killed ---
 
 HoldDone = _num("HoldDone")
@@ -310,6 +339,7 @@ Storm = _workflow("Storm", [_builder("Echo", [Ping], Pong, _echo, time_limit=CHA
 WORKFLOWS: dict[str, type[pc.Workflow]] = {
     "chain": Chain, "fan": Fan, "slow": Slow, "always-slow": AlwaysSlow, "crash": Crash,
     "hold": Hold, "block": Block, "pair": Pair, "inline": Inline, "storm": Storm,
+    "wide-crash": WideCrash,
 }
 
 

@@ -392,6 +392,22 @@ def test_crashing_builder_ends_dead(cluster: Cluster) -> None:
     assert sorted(x["attempt"] for x in starts) == list(range(1, attempts + 1))
 
 
+def test_a_packed_message_lost_with_its_process_runs_the_rest_again_at_once(
+        cluster: Cluster) -> None:
+    """WPart0 and WPart1 share a message (chunks.py); WPart0 kills its pool child on its first
+    attempt. The worker's parent re-runs both at once under new attempts: WPart1, which never
+    started, runs as attempt 2 without waiting for the reconciler; nothing runs twice."""
+    cluster.workers_up(1, concurrency=2)
+    ex = cluster.executor()
+    h = ex.submit_delta("wide-crash", "wide-1", fapp.Seed(v=1), delta_id="x")
+    done = h.wait(timeout=30).get(fapp.WideDone)
+    assert done == fapp.WideDone(v=fapp.WIDE_CRASH + sum(range(fapp.WIDE_CRASH)))
+    assert [x["attempt"] for x in execs(cluster, "wide-crash", "wide-1", "WPart0")] == [1, 2]
+    assert [x["attempt"] for x in execs(cluster, "wide-crash", "wide-1", "WPart1")] == [2]
+    for k in range(2, fapp.WIDE_CRASH):
+        assert [x["attempt"] for x in execs(cluster, "wide-crash", "wide-1", f"WPart{k}")] == [1]
+
+
 # -- 8. a whole worker SIGKILLed while it holds a builder
 
 def test_worker_lost_with_builder(cluster: Cluster) -> None:

@@ -28,6 +28,8 @@ harness's `Record`. Each raises `Violation(invariant, detail)`; none calls the l
                    moment, its state's status (its own rule here, not the library's), in that
                    status's set and the workflow's, and of its incarnation (the step's own
                    script writes it)
+14. leftovers      the state hash holds fields (`r:N`, `a:N:B`, `x:N:B`, ...) only of the runs
+                   its document lists in flight: settling a run removes all of its fields
 """
 
 from __future__ import annotations
@@ -181,6 +183,18 @@ def nothing_in_flight(view: View) -> None:
         f"{i}: run(s) {sorted(int(run['id']) for run in iv.runs)} still in flight after "
         "quiescing (every message delivered, every reconciler run, the clock past every lease)"
         for i, iv in sorted(view.instances.items()) if iv.runs))
+
+
+def no_leftover_fields(view: View) -> None:
+    problems = []
+    for i, iv in sorted(view.instances.items()):
+        open_runs = {str(r) for r in iv.doc.get("runs", [])}
+        left = sorted(f for f in iv.state if f not in ("v", "inc", "doc")
+                      and f.split(":")[1] not in open_runs)
+        if left:
+            problems.append(f"{i}: fields {left[:6]} of runs no longer in flight "
+                            f"(in flight: {sorted(open_runs)})")
+    _raise("leftovers", problems)
 
 
 def retired_unused(view: View, record: Record) -> None:

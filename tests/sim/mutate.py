@@ -94,9 +94,9 @@ M["c15"] = [rep("polaris_celery/coordinator.py",
 M["c08"] = [rep("polaris_celery/invoke.py",
     "        raw = None if produced is None else _checked(spec, produced, max_bytes)",
     "        raw = None  # MUTATION c08: not encoded in the attempt"),
-    rep("polaris_celery/coordinator.py",
-    "self.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,\n",
-    "self.machine, graph, k, snap, c.run, c.builder, c.token,"
+    rep("polaris_celery/attempts.py",
+    "co.machine, graph, k, snap, c.run, c.builder, c.token, out.raw,\n",
+    "co.machine, graph, k, snap, c.run, c.builder, c.token,"
     " codec.encode(out.produced) if out.produced is not None else None,\n")]
 # Issue 12 (the run's state as fields read partially): a waiting join that is never released
 # (its count of active ancestors never goes down), and a partial view that takes a field it
@@ -109,13 +109,30 @@ M["f01"] = [rep("polaris_celery/frontier.py",
                 if graph.is_upstream(builder, w):
                     self.waiting[w] -= 1""",
     """            self.n_active -= 1  # MUTATION f01: waiting counts never go down""")]
-M["f02"] = [rep("polaris_celery/frontier.py",
+M["f02"] = [rep("polaris_celery/fields.py",
     """        if self.known is None:
             return
         missing""",
     """        if True:  # MUTATION f02: what was not read counts as absent
             return
         missing""")]
+# Issue 12 item 4, quiet commits (machine.Machine.seal_quiet): a sibling's commit applied
+# without the version fence no longer checks that the counters it moves stay above 0, so the
+# last branch of a fan-out can apply the "not last" decision it made before its sibling
+# committed. Caught by the simulator (300 seeds: seed 171, a run never settles) and by
+# tests/test_quiet_commits.py.
+M["q01"] = [rep("polaris_celery/stores/cas.lua",
+    "  if h.active <= 0 then return nil end\n",
+    "  -- MUTATION q01: no active guard\n"),
+    rep("polaris_celery/stores/cas.lua",
+    "    if hw[a[i]] <= 0 then return nil end\n",
+    "    -- MUTATION q01: no waiting guard\n")]
+# Settling a run deletes only the fields it read, not those its own step wrote or deleted
+# (the last builder's token `a:N:B`, deleted in the same step, stays behind). Caught by the
+# simulator's `leftovers` invariant and tests/test_distributed.py's one-script chain test.
+M["f03"] = [rep("polaris_celery/machine.py",
+    "gone = [run.fields.full(f) for f in sorted(run.fields.names())]",
+    "gone = [run.fields.full(f) for f in run.fields.values]  # MUTATION f03")]
 M["c09"] = [rep("polaris_celery/invoke.py",
     "        return codec.encode_valid(produced, max_bytes)",
     "        return codec.encode(produced)  # MUTATION c09: no validation")]

@@ -263,6 +263,7 @@ class World:
         self.check(invariants.attempts_lost_for_a_reason, view, self.record)
         self.check(invariants.inputs_kept, view, self.record)
         self.check(invariants.retired_unused, view, self.record)
+        self.check(invariants.no_leftover_fields, view)
         self.check(invariants.no_immortal_keys, view,
                    {i: key(WF, i, "state") for i in self.instances})
         self.check(invariants.incarnations, view, self.record)
