@@ -9,7 +9,10 @@ if it had come alone.
 
 Parallelism is kept: a group is packed only beyond `SPREAD` dispatches, and then into at
 least `SPREAD` messages, so a fan-out still reaches that many workers at once; `dispatch_chunk`
-(a Setting, 1: never pack) caps how many builders share one message.
+(a Setting, 1: never pack) caps how many builders share one message. Packing pays only for
+short builders: a worker that has spent `pack_spill` seconds on a packed message sends the
+builders it still carries as messages of their own (executors/tasks.py), so slow builders do
+not queue behind each other in one worker while others idle.
 
 Nothing new can be lost or run twice: every builder keeps its own lease and is claimed on its
 own when its turn comes. A builder still waiting in a message when its queued lease runs out

@@ -52,6 +52,9 @@ class Settings:
       queue runs that successor in the same worker, saving a broker hop.
     dispatch_chunk: the most builders of one fan-out that share one broker message (1: one
       message each); see chunks.py for when they do.
+    pack_spill: a worker running a packed message that has spent more than this many seconds
+      on it sends the builders it still carries as messages of their own, so slow builders
+      spread over every worker instead of queueing behind each other.
     result_ttl: how long a settled run's outcome and produced data stay readable.
     retention: seconds a completed instance's keys live after its last run settles (None: kept).
     reconcile_interval: how often each worker runs the reconciler.
@@ -62,6 +65,7 @@ class Settings:
     max_lost: int = 3
     inline: bool = True
     dispatch_chunk: int = 8
+    pack_spill: float = 0.5
     result_ttl: int = 86400
     retention: int | None = None
     reconcile_interval: float = 5.0
@@ -73,6 +77,9 @@ class Settings:
         chunk = self.dispatch_chunk
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise ConfigurationError(f"dispatch_chunk must be a whole number >= 1, got {chunk!r}")
+        spill = self.pack_spill
+        if not isinstance(spill, (int, float)) or isinstance(spill, bool) or spill < 0:
+            raise ConfigurationError(f"pack_spill must be a number of seconds >= 0, got {spill!r}")
 
 
 #: An instance's status as the query API and the listing show it (InstanceDoc.state_name).

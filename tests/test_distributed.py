@@ -319,3 +319,36 @@ def test_a_chain_commits_and_settles_in_one_script_per_builder(redis_url, iid, i
     # ... and it left nothing of the run behind in the state hash.
     state = c.store.client.hkeys(c.store.keys("two-steps", iid).state)
     assert sorted(state) == [b"doc", b"inc", b"v"]
+
+
+def test_a_packed_message_past_pack_spill_sends_the_rest_alone(celery_env: CeleryEnv, iid):
+    """A packed message's builders queue behind each other in one worker: once the message has
+    taken `pack_spill`, the builders it still carries go out as messages of their own, so slow
+    builders spread over every worker. With pack_spill=0 each packed message runs its first
+    builder and sends the rest on; every builder still runs exactly once."""
+    captured: list[dict] = []
+
+    def grab(sender=None, body=None, **kw):
+        if str(sender).startswith("polaris.wide."):
+            captured.append(body[1])
+
+    ex = celery_env.executor
+    before = ex.coordinator.settings
+    ex.coordinator.settings = dataclasses.replace(before, pack_spill=0.0)
+    before_task_publish.connect(grab, weak=False)
+    try:
+        r = ex.submit_delta("wide", iid, A(v=1)).wait(20)
+    finally:
+        before_task_publish.disconnect(grab)
+        ex.coordinator.settings = before
+    assert r.completed and r.get(scenarios.WideDone) == scenarios.WideDone(
+        v=sum(range(scenarios.WIDE)))
+    ran = calls(iid)
+    assert sorted(ran) == sorted([f"Wide{i}" for i in range(scenarios.WIDE)] + ["WideJoin"])
+    packed = [kw for kw in captured if kw.get("more")]
+    alone = [kw for kw in captured if not kw.get("more")]
+    assert len(packed) == 35  # 70 builders over at least SPREAD=32 messages, 2 each
+    # each packed message ran its first builder and spilled its second, under the same attempt
+    assert sorted((kw["run"], kw["attempt"]) for kw in alone) == sorted(
+        (kw["run"], kw["more"][0][1]) for kw in packed)
+    assert len(alone) == 35

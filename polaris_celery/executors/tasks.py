@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery
@@ -84,6 +85,16 @@ def send(app: Celery, registry: Registry, settings: Settings,
                 headers=tracing.headers(d.trace),  # observe: the run's trace context
                 **limits,
             )
+
+
+def spill(app: Celery, registry: Registry, settings: Settings,
+          rest: Sequence[Dispatch]) -> None:
+    """Send the builders a packed message still carries as messages of their own. Each keeps
+    its attempt (its queued lease names it), so the copy sent here is the one that claims it;
+    the trace context is the one this task runs in."""
+    log.info("polaris: a packed message spent over %.2fs; sending %d builders on alone",
+             settings.pack_spill, len(rest))
+    send(app, registry, replace(settings, dispatch_chunk=1), rest)
 
 
 class BuilderTasks:
@@ -262,8 +273,15 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                                     worker=task.request.hostname, version=version,
                                     incarnation=inc)
                 # The rest of a packed fan-out (chunks.py), each claimed on its own (Flower
-                # shows each as a task of its own, as it does a builder run inline).
-                for other, token in more:
+                # shows each as a task of its own, as it does a builder run inline) until the
+                # message has taken `pack_spill`: then the rest go out alone (chunks.py).
+                began = time.monotonic()
+                for n, (other, token) in enumerate(more):
+                    if time.monotonic() - began > coordinator.settings.pack_spill:
+                        spill(task.app, registry, coordinator.settings, [
+                            Dispatch(workflow, instance, run, b, t, version=version,
+                                     incarnation=inc) for b, t in more[n:]])
+                        break
                     coordinator.execute(workflow, instance, run, other, token,
                                         queue=spec.queue if spec else None,
                                         worker=task.request.hostname, version=version,

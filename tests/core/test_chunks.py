@@ -38,3 +38,10 @@ def test_dispatch_chunk_is_checked() -> None:
     for bad in (0, -1, 1.5, True, "8"):
         with pytest.raises(pc.ConfigurationError, match="dispatch_chunk"):
             Settings(dispatch_chunk=bad)  # type: ignore[arg-type]
+
+
+def test_pack_spill_is_checked() -> None:
+    for bad in (-1, True, "0.5", None):
+        with pytest.raises(pc.ConfigurationError, match="pack_spill"):
+            Settings(pack_spill=bad)  # type: ignore[arg-type]
+    assert Settings(pack_spill=0).pack_spill == 0
