@@ -264,6 +264,7 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
         try:
             # observe: Flower's events for this task and its inline successors, and the trace
             # context its attempts continue.
+            began = time.monotonic()  # when the message started, for pack_spill
             with flower.delivered(task, builder, {"instance": instance, "run": run,
                                                   "attempt": attempt, "version": version,
                                                   "inc": inc}) as report, \
@@ -275,7 +276,6 @@ def make_body(coordinator: Coordinator, workflow: str, builder: str) -> Any:
                 # The rest of a packed fan-out (chunks.py), each claimed on its own (Flower
                 # shows each as a task of its own, as it does a builder run inline) until the
                 # message has taken `pack_spill`: then the rest go out alone (chunks.py).
-                began = time.monotonic()
                 for n, (other, token) in enumerate(more):
                     if time.monotonic() - began > coordinator.settings.pack_spill:
                         spill(task.app, registry, coordinator.settings, [
